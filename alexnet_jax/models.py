@@ -1,0 +1,365 @@
+"""AlexNet (Krizhevsky, Sutskever, Hinton 2012), written once for every mode.
+
+Every parameter carries a leading tower axis of size `num_towers`. Inside a
+tower, layers map tower t to tower t; at the exchange points (the inputs of
+conv3, fc6, fc7 and fc8, and the logits) the towers' activations are
+gathered. `Layout` tells the module which mesh axes, if any, it runs under:
+
+  * `tower_axis`: towers split across devices; the exchange is an
+    `all_gather` over that axis and each device holds one tower's slice.
+  * `batch_axis`: the batch is split across devices (data parallelism).
+  * `fc_axis`: the output features of the fully-connected layers are split
+    across devices (the FC half of the OWT hybrid). When it equals
+    `batch_axis`, the FC layers first gather the whole batch.
+
+With an empty `Layout` (one device) the same code runs all towers locally.
+Shapes declared here are the shapes each device holds.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+FC_LAYERS = ('fc6', 'fc7', 'fc8')
+LAYERS = ('conv1', 'pool1', 'conv2', 'pool2', 'conv3', 'conv4', 'conv5',
+          'pool5', 'fc6', 'fc7', 'fc8')
+# Layers whose input is every tower's output, not only their own tower's.
+EXCHANGE_LAYERS = ('conv3', 'fc6', 'fc7', 'fc8')
+
+# conv1 padding (low, high) per spatial dim. 224 crops need padding to give
+# 55x55: cuda-convnet's ceil-mode sizing equals (0, 3); torchvision pads 2;
+# Caffe feeds 227 crops unpadded.
+CONV1_PADDINGS = {'convnet': (0, 3), 'torchvision': (2, 2), 'valid': (0, 0)}
+ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
+INITS = ('paper', 'caffe', 'torchvision')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class AlexNetSpec:
+  """Everything that defines the network; see SPEC.md section 1."""
+  num_towers: int = 2
+  conv_features: tuple[int, ...] = (48, 128, 192, 192, 128)  # Per tower.
+  fc_features: tuple[int, ...] = (2048, 2048)  # Hidden FC, per tower.
+  num_classes: int = 1000  # In total, split evenly over the towers.
+  input_size: int = 224
+  conv1_padding: str = 'convnet'
+  lrn: bool = True
+  lrn_k: float = 2.0
+  lrn_n: int = 5
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  # cuda-convnet2, Caffe and PyTorch divide alpha by n; the paper's formula
+  # and TensorFlow do not.
+  lrn_alpha_over_n: bool = True
+  # The paper normalises within a tower; Caffe across all channels.
+  lrn_across_towers: bool = False
+  pool_window: int = 3  # 3 with stride 2 overlaps; 2 does not.
+  pool_stride: int = 2
+  activation: str = 'relu'
+  dropout_rate: float = 0.5
+  # 'after_fc': outputs of fc6 and fc7 (the paper); 'before_fc': inputs of
+  # fc6 and fc7 (torchvision).
+  dropout_placement: str = 'after_fc'
+  # 'paper': N(0, 0.01), biases 1 in conv2/4/5, fc6/7. 'caffe': as the paper
+  # but biases 0.1 and std 0.005 in fc6/7, which avoids the long plateau at
+  # ln(1000). 'torchvision': PyTorch's default uniform(+-1/sqrt(fan_in)).
+  init: str = 'paper'
+  dtype: str = 'float32'  # Compute dtype; parameters stay float32.
+
+  def __post_init__(self):
+    checks = (
+        (self.conv1_padding in CONV1_PADDINGS, 'conv1_padding',
+         f'{self.conv1_padding!r} not in {sorted(CONV1_PADDINGS)}'),
+        (self.activation in ACTIVATIONS, 'activation',
+         f'{self.activation!r} not in {sorted(ACTIVATIONS)}'),
+        (self.init in INITS, 'init', f'{self.init!r} not in {INITS}'),
+        (self.dtype in DTYPES, 'dtype',
+         f'{self.dtype!r} not in {sorted(DTYPES)}'),
+        (self.dropout_placement in ('after_fc', 'before_fc'),
+         'dropout_placement', f'{self.dropout_placement!r}'),
+        (len(self.conv_features) == 5, 'conv_features', 'needs 5 widths'),
+        (len(self.fc_features) == 2, 'fc_features', 'needs 2 widths'),
+        (self.num_towers >= 1, 'num_towers', 'must be at least 1'),
+        (self.num_classes % self.num_towers == 0, 'num_classes',
+         f'{self.num_classes} does not split over {self.num_towers} towers'),
+        (0.0 <= self.dropout_rate < 1.0, 'dropout_rate', 'must be in [0, 1)'),
+    )
+    for ok, key, why in checks:
+      if not ok:
+        raise ValueError(f'config.model.{key}: {why}')
+    if self.feature_size(self.input_size) < 1:
+      raise ValueError(f'config.model.input_size: {self.input_size} is too '
+                       'small; the last pooling layer has no output.')
+
+  def feature_size(self, size: int) -> int:
+    """Spatial size after conv5's pooling for a square input of `size`."""
+    lo, hi = CONV1_PADDINGS[self.conv1_padding]
+    size = (size + lo + hi - 11) // 4 + 1
+    for _ in range(3):  # pool1, pool2, pool5; conv2..5 keep the size.
+      size = (size - self.pool_window) // self.pool_stride + 1
+    return size
+
+
+VARIANTS = {
+    'paper': AlexNetSpec(),
+    # Caffe's bvlc_alexnet: 227 crops, unpadded conv1, LRN across all 96
+    # channels with k=1, and Caffe's initialisation.
+    'caffe': AlexNetSpec(input_size=227, conv1_padding='valid', lrn_k=1.0,
+                         lrn_across_towers=True, init='caffe'),
+    # The one-tower model of OWT and torchvision: no LRN, dropout on the
+    # inputs of fc6 and fc7.
+    'owt': AlexNetSpec(num_towers=1, conv_features=(64, 192, 384, 256, 256),
+                       fc_features=(4096, 4096), conv1_padding='torchvision',
+                       lrn=False, dropout_placement='before_fc',
+                       init='torchvision'),
+}
+
+
+def spec_from_config(model_config: Any) -> AlexNetSpec:
+  """Builds the spec of `config.model`: the variant, then any set field."""
+  if model_config.variant not in VARIANTS:
+    raise ValueError(f'config.model.variant: unknown {model_config.variant!r};'
+                     f' choose from {sorted(VARIANTS)}')
+  overrides = {k: v for k, v in model_config.items()
+               if k != 'variant' and v is not None}
+  unknown = set(overrides) - {f.name for f in dataclasses.fields(AlexNetSpec)}
+  if unknown:
+    raise ValueError(f'config.model.{sorted(unknown)[0]}: unknown model field')
+  for key in ('conv_features', 'fc_features'):
+    if key in overrides:
+      overrides[key] = tuple(int(v) for v in overrides[key])
+  return dataclasses.replace(VARIANTS[model_config.variant], **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Mesh axes the model runs under, and their sizes (static)."""
+  tower_axis: str | None = None
+  tower_shards: int = 1
+  batch_axis: str | None = None
+  batch_shards: int = 1
+  fc_axis: str | None = None
+  fc_shards: int = 1
+
+
+def local_response_norm(x: jax.Array, *, k: float, n: int, alpha: float,
+                        beta: float, alpha_over_n: bool) -> jax.Array:
+  """LRN over the last (channel) axis: x / (k + a * sum_window x^2)^beta."""
+  if alpha_over_n:
+    alpha = alpha / n
+  half = n // 2
+  squares = jnp.square(x.astype(jnp.float32))
+  padded = jnp.pad(squares, [(0, 0)] * (x.ndim - 1) + [(half, half)])
+  channels = x.shape[-1]
+  window_sum = sum(padded[..., i:i + channels] for i in range(n))
+  return (x / (k + alpha * window_sum) ** beta).astype(x.dtype)
+
+
+def _normal(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+def _init_for(spec: AlexNetSpec, layer: str, fan_in: int):
+  """(kernel_init, bias_init) for `layer` under `spec.init`."""
+  if spec.init == 'torchvision':
+    bound = fan_in ** -0.5
+    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound)
+    return uniform, uniform
+  ones_bias = layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+  if spec.init == 'paper':
+    bias = 1.0 if ones_bias else 0.0
+    return _normal(0.01), nn.initializers.constant(bias)
+  std = 0.005 if layer in ('fc6', 'fc7') else 0.01
+  return _normal(std), nn.initializers.constant(0.1 if ones_bias else 0.0)
+
+
+class TowerWeights(nn.Module):
+  """A layer's kernel and bias, both with a leading tower axis."""
+  kernel_shape: tuple[int, ...]
+  kernel_init: Callable
+  bias_init: Callable
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    shape = self.kernel_shape
+    return (self.param('kernel', self.kernel_init, shape),
+            self.param('bias', self.bias_init, (shape[0], shape[-1])))
+
+
+class AlexNet(nn.Module):
+  """The tower-aware AlexNet. Input NHWC images, output logits [B, C]."""
+  spec: AlexNetSpec
+  layout: Layout = Layout()
+
+  @property
+  def local_towers(self) -> int:
+    return self.spec.num_towers // self.layout.tower_shards
+
+  def _weights(self, name: str, fan_in_shape: tuple[int, ...],
+               features: int) -> tuple[jax.Array, jax.Array]:
+    """Kernel [local towers, *fan_in_shape, features] and bias of `name`."""
+    kinit, binit = _init_for(self.spec, name, math.prod(fan_in_shape))
+    return TowerWeights((self.local_towers, *fan_in_shape, features),
+                        kinit, binit, name=name)()
+
+  def _conv(self, name: str, xs: list[jax.Array], features: int,
+            kernel_size: int, stride: int, padding) -> list[jax.Array]:
+    """One conv per local tower; tower t reads xs[t] (xs may be shared)."""
+    kernel, bias = self._weights(
+        name, (kernel_size, kernel_size, xs[0].shape[-1]), features)
+    dtype = DTYPES[self.spec.dtype]
+    return [
+        jax.lax.conv_general_dilated(
+            x, kernel[t].astype(dtype), (stride, stride), padding,
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias[t].astype(dtype)
+        for t, x in enumerate(xs)]
+
+  def _gather_towers(self, xs: list[jax.Array], invariant=False) -> jax.Array:
+    """Every tower's activations, concatenated on the channel axis."""
+    local = jnp.stack(xs)  # [local_towers, ...]
+    if self.layout.tower_axis:
+      local = jax.lax.all_gather(local, self.layout.tower_axis, axis=0,
+                                 tiled=True,
+                                 to='invarying' if invariant else 'varying')
+    return jnp.concatenate(list(local), axis=-1)
+
+  def _own_towers(self, x: jax.Array, width: int) -> list[jax.Array]:
+    """This device's towers' channel blocks of an all-tower tensor."""
+    first = 0
+    if self.layout.tower_axis:
+      first = jax.lax.axis_index(self.layout.tower_axis) * self.local_towers
+    return [jax.lax.dynamic_slice_in_dim(x, (first + t) * width, width, -1)
+            for t in range(self.local_towers)]
+
+  def _lrn(self, xs: list[jax.Array]) -> list[jax.Array]:
+    s = self.spec
+    if not s.lrn:
+      return xs
+    norm = lambda x: local_response_norm(
+        x, k=s.lrn_k, n=s.lrn_n, alpha=s.lrn_alpha, beta=s.lrn_beta,
+        alpha_over_n=s.lrn_alpha_over_n)
+    if not s.lrn_across_towers:
+      return [norm(x) for x in xs]
+    return self._own_towers(norm(self._gather_towers(xs)), xs[0].shape[-1])
+
+  def _pool(self, xs: list[jax.Array]) -> list[jax.Array]:
+    s = self.spec
+    return [nn.max_pool(x, (s.pool_window,) * 2, (s.pool_stride,) * 2)
+            for x in xs]
+
+  def _dropout(self, x: jax.Array, train: bool, global_batch_offset,
+               sharded: bool = True) -> jax.Array:
+    """Dropout on a [B, T, F] activation, with the mask every mode draws.
+
+    `sharded`: whether T and F are this device's towers and features (FC
+    outputs) or already all of them (FC inputs). The mask is drawn for the global [batch, towers, features] shape from one
+    replicated key and sliced to this device's block, so single-device and
+    sharded runs drop exactly the same units.
+    """
+    rate = self.spec.dropout_rate
+    if not train or rate == 0.0:
+      return x
+    lay = self.layout
+    b, t, f = x.shape
+    tower_shards, fc_shards = (
+        (lay.tower_shards, lay.fc_shards) if sharded else (1, 1))
+    global_shape = (b * self._fc_batch_shards(), t * tower_shards,
+                    f * fc_shards)
+    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - rate,
+                                global_shape)
+    starts = (global_batch_offset,
+              self._axis_index(lay.tower_axis) * t if sharded else 0,
+              self._axis_index(lay.fc_axis) * f if sharded else 0)
+    keep = jax.lax.dynamic_slice(keep, starts, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+  def _axis_index(self, axis: str | None):
+    return jax.lax.axis_index(axis) if axis else 0
+
+  def _fc_batch_shards(self) -> int:
+    """How many devices split the batch that the FC layers see."""
+    lay = self.layout
+    return 1 if lay.fc_axis == lay.batch_axis else lay.batch_shards
+
+  def _dense(self, name: str, x: jax.Array, features: int) -> jax.Array:
+    """x [B, in] (all towers' inputs) -> [B, local towers, local features]."""
+    kernel, bias = self._weights(name, (x.shape[-1],),
+                                 features // self.layout.fc_shards)
+    dtype = DTYPES[self.spec.dtype]
+    return (jnp.einsum('bi,tio->bto', x, kernel.astype(dtype))
+            + bias.astype(dtype))
+
+  def _gather_features(self, y: jax.Array, invariant=False) -> jax.Array:
+    """[B, local towers, local features] -> [B, all towers * features]."""
+    lay = self.layout
+    to = 'invarying' if invariant else 'varying'
+    if lay.fc_axis:
+      y = jax.lax.all_gather(y, lay.fc_axis, axis=2, tiled=True, to=to)
+    if lay.tower_axis:
+      y = jax.lax.all_gather(y, lay.tower_axis, axis=1, tiled=True, to=to)
+    return y.reshape(y.shape[0], -1)
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    s, lay = self.spec, self.layout
+    act = ACTIVATIONS[s.activation]
+    c1, c2, c3, c4, c5 = s.conv_features
+    pad1 = CONV1_PADDINGS[s.conv1_padding]
+    x = images.astype(DTYPES[s.dtype])
+    outputs = {}  # Per-layer outputs, for summaries and shape tests.
+
+    def record(name, value):
+      outputs[name] = value
+      return value
+
+    xs = [x] * self.local_towers
+    xs = record('conv1', [act(y) for y in self._conv(
+        'conv1', xs, c1, 11, 4, (pad1, pad1))])
+    xs = record('pool1', self._pool(self._lrn(xs)))
+    xs = record('conv2', [act(y) for y in self._conv(
+        'conv2', xs, c2, 5, 1, ((2, 2), (2, 2)))])
+    xs = record('pool2', self._pool(self._lrn(xs)))
+    both = [self._gather_towers(xs)] * self.local_towers
+    xs = record('conv3', [act(y) for y in self._conv(
+        'conv3', both, c3, 3, 1, ((1, 1), (1, 1)))])
+    xs = record('conv4', [act(y) for y in self._conv(
+        'conv4', xs, c4, 3, 1, ((1, 1), (1, 1)))])
+    xs = record('conv5', [act(y) for y in self._conv(
+        'conv5', xs, c5, 3, 1, ((1, 1), (1, 1)))])
+    xs = record('pool5', self._pool(xs))
+
+    # [B, h, w, towers * c5] flattened in (h, w, tower, channel) order.
+    h = self._gather_towers(xs)
+    h = h.reshape(h.shape[0], -1)
+    batch_offset = self._axis_index(lay.batch_axis) * h.shape[0]
+    if lay.fc_axis and lay.fc_axis == lay.batch_axis:
+      h = jax.lax.all_gather(h, lay.batch_axis, axis=0, tiled=True)
+      batch_offset = 0
+
+    classes_per_tower = s.num_classes // s.num_towers
+    for name, features in zip(FC_LAYERS, (*s.fc_features, classes_per_tower)):
+      if s.dropout_placement == 'before_fc' and name != 'fc8':
+        h = self._dropout(h[:, None], train, batch_offset, sharded=False)[:, 0]
+      y = self._dense(name, h, features)
+      if name == 'fc8':
+        break
+      y = act(y)
+      if s.dropout_placement == 'after_fc':
+        y = self._dropout(y, train, batch_offset)
+      h = self._gather_features(record(name, y))
+
+    logits = self._gather_features(record('fc8', y), invariant=True)
+    self.sow('intermediates', 'layer_outputs', outputs)
+    if lay.fc_axis and lay.fc_axis == lay.batch_axis:
+      local = logits.shape[0] // lay.batch_shards
+      logits = jax.lax.dynamic_slice_in_dim(
+          logits, self._axis_index(lay.batch_axis) * local, local, 0)
+    return logits.astype(jnp.float32)
+

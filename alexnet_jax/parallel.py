@@ -1,0 +1,194 @@
+"""Execution modes: which mesh, which layout, which parameter shardings.
+
+A mode is a value chosen in config (`config.mode`), never a fork of the
+model or the trainer:
+
+  single      one device.
+  data        parameters replicated, batch split over mesh axis `data`.
+  tower       the paper: one tower per device on mesh axis `tower`; every
+              tower parameter lives only on its own device.
+  data_tower  a 2-D mesh `data` x `tower`: towers split as in `tower`,
+              batch split over `data`; how the two-tower net scales.
+  hybrid      OWT: conv layers data-parallel, FC layers' output features
+              split over the same `data` axis (model-parallel).
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from alexnet_jax import models
+
+MODES = ('single', 'data', 'tower', 'data_tower', 'hybrid')
+
+
+def request_cpu_devices(num_devices: int) -> None:
+  """Simulates `num_devices` CPU devices if JAX has not started yet.
+
+  Call before anything asks JAX for devices. On a GPU or TPU host this only
+  affects the (unused) CPU backend.
+  """
+  try:
+    jax.config.update('jax_num_cpu_devices', max(
+        num_devices, jax.config.jax_num_cpu_devices))
+  except RuntimeError:
+    pass  # Backends already up; `create_strategy` checks the device count.
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """A mesh and how the model and the batch are laid out on it."""
+  mode: str
+  mesh: Mesh
+  layout: models.Layout
+
+  @property
+  def batch_spec(self) -> P:
+    return P(self.layout.batch_axis)
+
+  @property
+  def data_shards(self) -> int:
+    return self.layout.batch_shards
+
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, self.batch_spec)
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def param_spec(self, path: tuple[str, ...], ndim: int) -> P:
+    """Towers split on axis 0; FC output features on the last axis."""
+    dims = [None] * ndim
+    dims[0] = self.layout.tower_axis
+    if path[0] in models.FC_LAYERS and self.layout.fc_axis:
+      dims[-1] = self.layout.fc_axis
+    return P(*dims)
+
+  def param_specs(self, params: Any) -> Any:
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: self.param_spec(
+            tuple(k.key for k in path), len(x.shape)), params)
+
+  def param_shardings(self, params: Any) -> Any:
+    return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec),
+                        self.param_specs(params))
+
+
+def _mesh_shape(mode: str, num_devices: int, towers: int):
+  return {
+      'single': ((1,), ('data',)),
+      'data': ((num_devices,), ('data',)),
+      'tower': ((towers,), ('tower',)),
+      'data_tower': ((num_devices // towers, towers), ('data', 'tower')),
+      'hybrid': ((num_devices,), ('data',)),
+  }[mode]
+
+
+def validate(mode: str, num_devices: int, spec: models.AlexNetSpec,
+             batch_size: int, available: int) -> None:
+  """Raises a one-line ValueError naming the config key at fault."""
+  towers = spec.num_towers
+  if mode not in MODES:
+    raise ValueError(f'config.mode: unknown {mode!r}; choose from {MODES}')
+  if num_devices < 1 or num_devices > available:
+    raise ValueError(f'config.num_devices: {num_devices} requested but '
+                     f'{available} devices exist')
+  if mode == 'single' and num_devices != 1:
+    raise ValueError(f'config.num_devices: mode single uses 1 device, '
+                     f'not {num_devices}')
+  if mode == 'tower' and num_devices != towers:
+    raise ValueError(
+        f'config.num_devices: mode tower puts one tower per device, so it '
+        f'needs {towers} devices (config.model.num_towers), not '
+        f'{num_devices}; use mode data_tower for more')
+  if mode == 'data_tower' and (num_devices % towers or towers < 2):
+    raise ValueError(f'config.num_devices: mode data_tower needs a multiple '
+                     f'of the {towers} towers (at least 2), not {num_devices}')
+  data_shards = _mesh_shape(mode, num_devices, towers)[0][0]
+  if mode in ('data', 'data_tower', 'hybrid') and batch_size % data_shards:
+    raise ValueError(f'config.batch_size: {batch_size} does not split over '
+                     f'the {data_shards}-way data axis')
+  if mode == 'hybrid':
+    for width in (*spec.fc_features, spec.num_classes // towers):
+      if width % num_devices:
+        raise ValueError(
+            f'config.num_devices: hybrid mode splits FC layers of width '
+            f'{width} per tower, which {num_devices} devices do not divide')
+
+
+def create_strategy(mode: str, num_devices: int, spec: models.AlexNetSpec,
+                    batch_size: int) -> Strategy:
+  """Validates the request and builds the mesh and layout for `mode`."""
+  devices = jax.devices()
+  validate(mode, num_devices, spec, batch_size, len(devices))
+  shape, names = _mesh_shape(mode, num_devices, spec.num_towers)
+  mesh = jax.make_mesh(shape, names, devices=devices[:math.prod(shape)])
+  sizes = dict(zip(names, shape))
+  layout = models.Layout()
+  if mode in ('data', 'data_tower', 'hybrid'):
+    layout = dataclasses.replace(layout, batch_axis='data',
+                                 batch_shards=sizes['data'])
+  if mode in ('tower', 'data_tower'):
+    layout = dataclasses.replace(layout, tower_axis='tower',
+                                 tower_shards=sizes['tower'])
+  if mode == 'hybrid':
+    layout = dataclasses.replace(layout, fc_axis='data',
+                                 fc_shards=sizes['data'])
+  return Strategy(mode, mesh, layout)
+
+
+def spec_of(config: Any) -> models.AlexNetSpec:
+  return models.spec_from_config(config.model)
+
+
+def strategy_from_config(config: Any) -> Strategy:
+  return create_strategy(config.mode, config.num_devices, spec_of(config),
+                         config.batch_size)
+
+
+def make_apply(spec: models.AlexNetSpec, strategy: Strategy,
+               params_like: Any, *, train: bool) -> Callable:
+  """(params, images, dropout_rng) -> logits for global arrays.
+
+  Under every mode but `single` this is a `jax.shard_map` of the model with
+  the strategy's layout; logits come back split like the batch.
+  """
+  model = models.AlexNet(spec, strategy.layout)
+
+  def apply(params, images, rng):
+    return model.apply({'params': params}, images, train=train,
+                       rngs={'dropout': rng} if train else {})
+
+  if strategy.mode == 'single':
+    return apply
+  return jax.shard_map(
+      apply, mesh=strategy.mesh,
+      in_specs=(strategy.param_specs(params_like), strategy.batch_spec, P()),
+      out_specs=strategy.batch_spec)
+
+
+@functools.cache
+def _init_fn(spec: models.AlexNetSpec):
+  model = models.AlexNet(spec)
+  return lambda rng: model.init(
+      rng, jax.numpy.zeros((1, spec.input_size, spec.input_size, 3)),
+      train=False)['params']
+
+
+def abstract_params(spec: models.AlexNetSpec) -> Any:
+  """Global parameter shapes, without allocating them."""
+  return jax.eval_shape(_init_fn(spec), jax.random.key(0))
+
+
+def init_params(spec: models.AlexNetSpec, strategy: Strategy,
+                rng: jax.Array) -> Any:
+  """Global parameters, created directly in their sharded placement.
+
+  The values depend only on `rng`, never on the mode.
+  """
+  shardings = strategy.param_shardings(abstract_params(spec))
+  return jax.jit(_init_fn(spec), out_shardings=shardings)(rng)
