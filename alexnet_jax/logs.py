@@ -1,0 +1,77 @@
+"""Where metrics go: TensorBoard, `metrics.jsonl`, and the console.
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+
+
+class MetricsWriter:
+  """Writes `{name: scalar}` per step as TensorBoard scalars and JSON lines."""
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+    self.tensorboard_dir = os.path.join(workdir, 'tensorboard')
+    self._tb = None
+    if self._active:
+      from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
+      self._tb = tensorboard.SummaryWriter(self.tensorboard_dir)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self._active:
+      return
+    clean = {k: _plain(v) for k, v in metrics.items()}
+    with open(self.jsonl_path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **clean}) + '\n')
+    for name, value in clean.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        self._tb.scalar(name, value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+  if hasattr(value, 'item'):
+    value = value.item()
+  return value
+
+
+def console(message: str) -> None:
+  """A line for the person watching, from process 0 only."""
+  if jax.process_index() == 0:
+    logging.info(message)
+    print(message, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+
+
+class Progress:
+  """Steps per second and the ETA, measured over the steps since the last
+  report (so compilation and evaluation do not distort the rate)."""
+
+  def __init__(self, first_step: int, total_steps: int):
+    self.total_steps = total_steps
+    self._last_step, self._last_time = first_step, time.time()
+
+  def report(self, step: int) -> tuple[float, float]:
+    """(seconds per step since the last report, ETA in seconds)."""
+    now = time.time()
+    per_step = (now - self._last_time) / max(step - self._last_step, 1)
+    self._last_step, self._last_time = step, now
+    return per_step, per_step * (self.total_steps - step)

@@ -1,0 +1,399 @@
+"""Training and evaluation: the train step, the eval step, and the loop.
+
+The trainer knows execution modes only through `parallel.Strategy` and the
+network only through `parallel.make_apply`.
+"""
+
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from alexnet_jax import checkpoint
+from alexnet_jax import input_pipeline
+from alexnet_jax import logs
+from alexnet_jax import models
+from alexnet_jax import optim
+from alexnet_jax import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def wrong_at_k(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """1.0 where the label is not among the k highest scores, per example."""
+  k = min(k, scores.shape[-1])
+  _, top = jax.lax.top_k(scores, k)
+  return 1.0 - jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def create_train_state(spec: models.AlexNetSpec, strategy: parallel.Strategy,
+                       tx: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+  params = parallel.init_params(spec, strategy, rng)
+  opt_state = jax.jit(tx.init)(params)  # Shardings follow the parameters.
+  return TrainState(jax.device_put(jnp.zeros((), jnp.int32),
+                                   strategy.replicated()), params, opt_state)
+
+
+def _shardings(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def make_train_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
+                    tx: optax.GradientTransformation,
+                    state: TrainState) -> Callable:
+  """Compiled (state, batch, learning_rate, rng) -> (state, metrics).
+
+  The state is donated. Dropout's key is `fold_in(rng, step)`, so a resumed
+  run draws the same masks as an uninterrupted one.
+  """
+  apply = parallel.make_apply(spec, strategy, state.params, train=True)
+
+  def train_step(state, batch, learning_rate, rng):
+    def loss_fn(params):
+      logits = apply(params, batch['image'], jax.random.fold_in(
+          rng, state.step))
+      return cross_entropy(logits, batch['label']).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'train/loss': loss,
+               'train/top1_error': wrong_at_k(logits, batch['label'], 1).mean(),
+               'train/top5_error': wrong_at_k(logits, batch['label'], 5).mean()}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  state_sh = _shardings(state)
+  batch_sh = strategy.batch_sharding()
+  return jax.jit(
+      train_step,
+      in_shardings=(state_sh, {'image': batch_sh, 'label': batch_sh},
+                    strategy.replicated(), strategy.replicated()),
+      out_shardings=(state_sh, strategy.replicated()),
+      donate_argnums=0)
+
+
+def make_eval_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
+                   params: Any, ten_crop: bool) -> Callable:
+  """Compiled (params, batch) -> sums of top-1/top-5 errors and examples.
+
+  With `ten_crop`, images are [B, 10, H, W, 3] and the softmax is averaged
+  over the crops, as in the paper. Padded examples (mask False) count zero.
+  """
+  apply = parallel.make_apply(spec, strategy, params, train=False)
+
+  def eval_step(params, batch):
+    images = batch['image']
+    if ten_crop:
+      crops = images.shape[1]
+      probs = sum(jax.nn.softmax(apply(params, images[:, c], None))
+                  for c in range(crops)) / crops
+    else:
+      probs = jax.nn.softmax(apply(params, images, None))
+    mask = batch['mask'].astype(jnp.float32)
+    return {'top1': (wrong_at_k(probs, batch['label'], 1) * mask).sum(),
+            'top5': (wrong_at_k(probs, batch['label'], 5) * mask).sum(),
+            'count': mask.sum()}
+
+  batch_sh = strategy.batch_sharding()
+  return jax.jit(eval_step, in_shardings=(
+      _shardings(params), {'image': batch_sh, 'label': batch_sh,
+                           'mask': batch_sh}),
+                 out_shardings=strategy.replicated())
+
+
+def evaluate(config: Any, strategy: parallel.Strategy, eval_steps: dict,
+             params: Any) -> dict[str, float]:
+  """Top-1/top-5 error over the whole validation set, every crop protocol."""
+  results = {}
+  for protocol, eval_step in eval_steps.items():
+    iterator = input_pipeline.create_eval_iterator(
+        config, ten_crop=protocol == '10crop',
+        process_index=jax.process_index(), process_count=jax.process_count())
+    sums = {'top1': 0.0, 'top5': 0.0, 'count': 0.0}
+    batch_sh = strategy.batch_sharding()
+    shardings = {'image': batch_sh, 'label': batch_sh, 'mask': batch_sh}
+    for batch in iterator:
+      out = eval_step(params, input_pipeline.to_global(batch, shardings))
+      sums = {k: sums[k] + v for k, v in out.items()}
+    count = float(sums['count'])
+    suffix = '' if protocol == 'center' else '_10crop'
+    results[f'eval/top1_error{suffix}'] = float(sums['top1']) / max(count, 1)
+    results[f'eval/top5_error{suffix}'] = float(sums['top5']) / max(count, 1)
+    results['eval/num_examples'] = int(count)
+    results['data/skipped_eval'] = int(iterator.num_skipped)
+  return results
+
+
+def _eval_steps(config, spec, strategy, params) -> dict[str, Callable]:
+  protocols = ['center'] + (['10crop'] if config.eval_ten_crop else [])
+  return {p: make_eval_step(spec, strategy, params, p == '10crop')
+          for p in protocols}
+
+
+def check_config(config: Any, strategy: parallel.Strategy,
+                 spec: models.AlexNetSpec) -> None:
+  """Start-up checks that need the data source; one-line errors."""
+  for key in ('batch_size', 'eval_batch_size'):
+    size = config[key]
+    if size % strategy.data_shards or size % jax.process_count():
+      raise ValueError(
+          f'config.{key}: {size} does not split over the '
+          f'{strategy.data_shards}-way data axis and '
+          f'{jax.process_count()} processes')
+  classes = input_pipeline.num_classes(config)
+  if classes != spec.num_classes:
+    raise ValueError(f'config.model.num_classes: the model has '
+                     f'{spec.num_classes} classes but {config.dataset} has '
+                     f'{classes}')
+  for key in ('eval_every_steps', 'checkpoint_every_steps', 'log_every_steps'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key}: must be at least 1, not {config[key]}')
+
+
+def _prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.writable.{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as error:
+    raise ValueError(f'--workdir: {workdir} is not writable '
+                     f'({error.strerror})') from None
+
+
+def total_steps(config: Any) -> tuple[int, float]:
+  """(number of train steps, steps per epoch)."""
+  steps_per_epoch = input_pipeline.num_train_examples(config) / (
+      config.batch_size)
+  if config.num_train_steps > 0:
+    return config.num_train_steps, steps_per_epoch
+  return math.ceil(config.num_epochs * steps_per_epoch), steps_per_epoch
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+  """Trains per `config`, resuming from `workdir` if it holds checkpoints.
+
+  Returns the last evaluation's metrics.
+  """
+  spec = parallel.spec_of(config)
+  strategy = parallel.strategy_from_config(config)
+  with jax.set_mesh(strategy.mesh):
+    return _train_and_evaluate(config, workdir, spec, strategy)
+
+
+def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
+  check_config(config, strategy, spec)
+  _prepare_workdir(workdir)
+  num_steps, steps_per_epoch = total_steps(config)
+
+  rng = jax.random.key(config.seed)
+  init_rng, dropout_rng = jax.random.split(rng)
+  params_shape = parallel.abstract_params(spec)
+  tx = optim.create_optimizer(config.optimizer, params_shape)
+  state = create_train_state(spec, strategy, tx, init_rng)
+  policy = optim.LearningRatePolicy.from_config(config.optimizer,
+                                                steps_per_epoch)
+  train_iter = input_pipeline.create_train_iterator(
+      config, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  meta = checkpoint.spec_meta(spec, input=config.input.to_dict(),
+                              dataset=config.dataset)
+
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  mngr = checkpoint.manager(ckpt_dir, config.keep_checkpoints)
+  data_state = train_iter.get_state()
+  if mngr.latest_step() is not None:
+    step = mngr.latest_step()
+    checkpoint.check_compatible(checkpoint.read_meta(mngr, step), spec,
+                                f'{ckpt_dir}/{step}')
+    restored = checkpoint.restore(mngr, step, params_like=state.params,
+                                  opt_state_like=state.opt_state)
+    state = TrainState(jax.device_put(jnp.int32(step), strategy.replicated()),
+                       restored['params'], restored['opt_state'])
+    data_state = restored['progress']['data']
+    train_iter.set_state(data_state)
+    policy.load_state_dict(restored['progress']['lr_policy'])
+    logs.console(f'resumed from {ckpt_dir}/{step}')
+
+  writer = logs.MetricsWriter(workdir)
+  logs.console(f'{config.mode} mode on mesh {dict(strategy.mesh.shape)}; '
+               f'TensorBoard: {writer.tensorboard_dir}; checkpoints: '
+               f'{ckpt_dir}; metrics: {writer.jsonl_path}')
+  train_step = make_train_step(spec, strategy, tx, state)
+  eval_steps = _eval_steps(config, spec, strategy, state.params)
+  batch_sh = strategy.batch_sharding()
+  batches = input_pipeline.prefetch_to_device(
+      train_iter, config.input.prefetch_batches,
+      {'image': batch_sh, 'label': batch_sh})
+
+  first_step = int(state.step)
+  progress = logs.Progress(first_step, num_steps)
+  window = _Window()
+  pending = None  # (step, device metrics): read one step late, async.
+  last_eval = {}
+
+  def save(step):
+    checkpoint.save(mngr, step, params=state.params,
+                    opt_state=state.opt_state, meta=meta,
+                    progress={'data': data_state,
+                              'lr_policy': policy.state_dict()})
+
+  def flush():
+    nonlocal pending
+    if pending is not None:
+      window.add(*pending, mngr)
+      pending = None
+
+  with _StopRequest() as stop:
+    for step in range(first_step, num_steps):
+      if stop.signal:
+        flush()
+        save(step)
+        mngr.wait_until_finished()
+        logs.console(f'{stop.signal} at step {step}: checkpoint saved in '
+                     f'{ckpt_dir}/{step}; run the same command to resume')
+        writer.close()
+        return last_eval
+      waited = time.time()
+      batch, data_state, skipped = next(batches)
+      window.data_wait += time.time() - waited
+      learning_rate = policy(step)
+      state, metrics = train_step(state, batch, learning_rate, dropout_rng)
+      flush()
+      pending = (step, metrics)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == num_steps:
+        flush()
+        per_step, eta = progress.report(done)
+        summary = window.summary(per_step, config.batch_size)
+        summary.update({'train/learning_rate': learning_rate,
+                        'data/skipped_train': skipped})
+        writer.write(done, summary)
+        logs.console(
+            f'step {done}/{num_steps}  loss {summary["train/loss"]:.4f}  '
+            f'top1 err {summary["train/top1_error"]:.3f}  '
+            f'{summary["perf/images_per_sec"]:.0f} img/s  data wait '
+            f'{summary["perf/data_wait_fraction"]:.0%}  ETA '
+            f'{logs.format_duration(eta)}')
+      if done % config.eval_every_steps == 0 or done == num_steps:
+        flush()
+        last_eval = evaluate(config, strategy, eval_steps, state.params)
+        if policy.observe(last_eval['eval/top1_error']):
+          logs.console(f'validation error stopped improving: learning rate '
+                       f'now {policy(done):g}')
+        writer.write(done, last_eval)
+        logs.console(f'eval at step {done}: ' + '  '.join(
+            f'{k.split("/")[1]} {v:.4f}' if isinstance(v, float)
+            else f'{k.split("/")[1]} {v}' for k, v in last_eval.items()))
+        progress.report(done)  # Evaluation time is not training time.
+      if done % config.checkpoint_every_steps == 0 or done == num_steps:
+        flush()
+        save(done)
+  mngr.wait_until_finished()
+  writer.close()
+  return last_eval
+
+
+class _Window:
+  """Train metrics accumulated between two console/TensorBoard reports."""
+
+  def __init__(self):
+    self.sums, self.steps, self.data_wait, self._start = {}, 0, 0.0, None
+
+  def add(self, step: int, metrics: dict, mngr) -> None:
+    values = {k: float(v) for k, v in metrics.items()}
+    if not math.isfinite(values['train/loss']):
+      mngr.wait_until_finished()
+      raise FloatingPointError(
+          f'non-finite training loss ({values["train/loss"]}) at step {step};'
+          f' stopped. The latest checkpoint (step {mngr.latest_step()}) holds'
+          ' the last good parameters.')
+    for k, v in values.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v
+    self.steps += 1
+
+  def summary(self, per_step: float, batch_size: int) -> dict[str, float]:
+    out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+    elapsed = per_step * max(self.steps, 1)
+    out.update({'perf/step_time': per_step,
+                'perf/images_per_sec': batch_size / per_step,
+                'perf/data_wait_fraction': min(self.data_wait / elapsed, 1.0)})
+    self.sums, self.steps, self.data_wait = {}, 0, 0.0
+    return out
+
+
+def evaluate_checkpoint(config: Any, path: str,
+                        workdir: str | None = None) -> dict[str, float]:
+  """Evaluation only: restores params from `path` onto the configured mesh.
+
+  The checkpoint may come from any execution mode or device count.
+  """
+  spec = parallel.spec_of(config)
+  strategy = parallel.strategy_from_config(config)
+  with jax.set_mesh(strategy.mesh):
+    return _evaluate_checkpoint(config, path, workdir, spec, strategy)
+
+
+def _evaluate_checkpoint(config, path, workdir, spec, strategy):
+  check_config(config, strategy, spec)
+  ckpt_dir, step = checkpoint.locate(path)
+  mngr = checkpoint.manager(ckpt_dir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise ValueError(f'--checkpoint: no complete checkpoint in {ckpt_dir}')
+  checkpoint.check_compatible(checkpoint.read_meta(mngr, step), spec,
+                              f'{ckpt_dir}/{step}')
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      parallel.abstract_params(spec),
+      strategy.param_shardings(parallel.abstract_params(spec)))
+  params = checkpoint.restore(mngr, step, params_like=abstract)['params']
+  results = evaluate(config, strategy,
+                     _eval_steps(config, spec, strategy, params), params)
+  if workdir:
+    _prepare_workdir(workdir)
+    logs.MetricsWriter(workdir).write(step, results)
+  logs.console(f'checkpoint {ckpt_dir}/{step}: ' + '  '.join(
+      f'{k} {v}' for k, v in results.items()))
+  return results
+

@@ -1,0 +1,28 @@
+"""The built-in demo: the two-tower net, tower-parallel on two (simulated)
+devices, on the generated synthetic shapes. Small enough for a laptop CPU:
+112x112 crops of 128x128 images and half-width layers.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = 'synthetic'
+  config.input.resize_size = 128
+  config.input.shuffle_buffer = 4096
+  config.model.input_size = 112
+  config.model.num_classes = 10
+  config.model.conv_features = (24, 64, 96, 96, 64)
+  config.model.fc_features = (512, 512)
+  config.model.init = 'caffe'  # The paper's init stalls at this scale.
+  config.batch_size = 64
+  config.eval_batch_size = 100
+  config.num_train_steps = 600
+  config.optimizer.learning_rate = 0.02
+  config.optimizer.schedule = 'step'
+  config.optimizer.step_every_epochs = 10.0
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
+  config.log_every_steps = 20
+  return config
