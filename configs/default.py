@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.input = ml_collections.ConfigDict()
   config.input.resize_size = 256      # Shorter side, then centre 256x256.
+  # Antialiased bilinear resizing; False is faster and aliases a little.
+  config.input.antialias = True
   config.input.random_crop = True     # Random crop of model.input_size.
   config.input.random_flip = True
   config.input.pca_lighting_sigma = 0.1   # 0 disables PCA lighting noise.
@@ -44,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.eigvec = IMAGENET_EIGVEC
   config.input.mean_subtraction = 'channel'  # 'channel', 'pixel' or 'none'.
   config.input.mean_rgb = IMAGENET_MEAN_RGB
+  # Per-channel std (RGB, [0, 1] scale) to divide by after subtracting the
+  # mean, as torchvision's weights expect; None divides by nothing.
+  config.input.std_rgb = config_dict.placeholder(tuple)
   config.input.stats_file = config_dict.placeholder(str)  # From data_stats.
   # Decode only the JPEG window the crop needs (approximate; faster).
   config.input.decode_and_crop = False

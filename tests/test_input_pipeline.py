@@ -1,0 +1,476 @@
+"""Tests of the input pipeline: ops, bad files, eval counts, determinism."""
+
+import io
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from alexnet_jax import input_pipeline as ip
+from configs import default
+
+RESIZE, CROP = 40, 32
+
+
+def _config(dataset: str, **overrides):
+  config = default.get_config()
+  config.dataset = dataset
+  config.model.input_size = CROP
+  config.input.resize_size = RESIZE
+  config.input.prefetch_batches = 1
+  config.batch_size = 4
+  config.eval_batch_size = 4
+  for key, value in overrides.items():
+    target = config
+    *path, name = key.split('.')
+    for p in path:
+      target = target[p]
+    target[name] = value
+  return config
+
+
+def _no_augmentation(config):
+  config.input.random_crop = False
+  config.input.random_flip = False
+  config.input.pca_lighting_sigma = 0.0
+  return config
+
+
+def _noise_image(rng, height, width, mode='RGB'):
+  channels = 1 if mode == 'L' else 3
+  pixels = rng.integers(0, 256, size=(height, width, channels),
+                        dtype=np.uint8)
+  return Image.fromarray(pixels.squeeze(-1) if mode == 'L' else pixels)
+
+
+def _encode(image, fmt, **kwargs) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def _good_files(rng) -> list[bytes]:
+  """Decodable files in ImageNet's odd formats and sizes."""
+  return [
+      _encode(_noise_image(rng, 50, 70), 'JPEG', quality=95),
+      _encode(_noise_image(rng, 64, 48, 'L'), 'JPEG'),               # Gray.
+      _encode(_noise_image(rng, 45, 60).convert('CMYK'), 'JPEG'),    # CMYK.
+      _encode(_noise_image(rng, 52, 41), 'PNG'),            # PNG as .JPEG.
+      _encode(_noise_image(rng, 7, 10), 'JPEG'),              # Tiny.
+      _encode(_noise_image(rng, 800, 1100), 'JPEG', quality=30),  # Large.
+      _encode(_noise_image(rng, 60, 60), 'JPEG', progressive=True),
+      _encode(_noise_image(rng, 44, 80), 'JPEG'),
+      _encode(_noise_image(rng, 90, 46), 'JPEG'),
+  ]
+
+
+def _bad_files(rng) -> list[bytes]:
+  """Undecodable files: truncated JPEG and PNG, empty, not an image."""
+  jpeg = _encode(_noise_image(rng, 50, 50), 'JPEG')
+  large = _encode(_noise_image(rng, 300, 300), 'JPEG', quality=95)
+  png = _encode(_noise_image(rng, 50, 50), 'PNG')
+  return [jpeg[:len(jpeg) // 2], jpeg[:-2], large[:len(large) * 3 // 4],
+          png[:len(png) // 2], b'', b'this is not an image\n' * 10]
+
+
+def _write_folder(root, files_by_class: dict[str, list[bytes]],
+                  splits=('train', 'val')) -> str:
+  for split in splits:
+    for name, files in files_by_class.items():
+      directory = os.path.join(root, split, name)
+      os.makedirs(directory)
+      for i, data in enumerate(files):
+        with open(os.path.join(directory, f'img_{i:03d}.JPEG'), 'wb') as f:
+          f.write(data)
+  return f'folder:{root}'
+
+
+@pytest.fixture(scope='module')
+def messy_folder(tmp_path_factory):
+  """Two classes, train == val: 9 good and 6 bad files in all."""
+  rng = np.random.default_rng(0)
+  good, bad = _good_files(rng), _bad_files(rng)
+  dataset = _write_folder(tmp_path_factory.mktemp('messy'), {
+      'a': good[:5] + bad[:2],
+      'b': good[5:] + bad[2:],
+  })
+  return dataset, len(good), len(bad)
+
+
+@pytest.fixture(scope='module')
+def clean_folder(tmp_path_factory):
+  """Three classes, 7 validation and 10 training images."""
+  rng = np.random.default_rng(1)
+  root = tmp_path_factory.mktemp('clean')
+  image = lambda: _encode(_noise_image(rng, 48, 56), 'JPEG', quality=95)
+  _write_folder(root, {c: [image() for _ in range(n)]
+                       for c, n in (('x', 2), ('y', 3), ('z', 2))},
+                splits=('val',))
+  _write_folder(root, {c: [image() for _ in range(n)]
+                       for c, n in (('x', 4), ('y', 3), ('z', 3))},
+                splits=('train',))
+  return f'folder:{root}'
+
+
+def _both_ways(fn, *tensors):
+  """fn applied eagerly and inside tf.data, as numpy."""
+  eager = fn(*tensors)
+  ds = tf.data.Dataset.from_tensors(tensors).map(fn)
+  return np.asarray(eager), np.asarray(next(iter(ds)))
+
+
+def _seeds(n):
+  return tf.stack([tf.range(n, dtype=tf.int64),
+                   tf.fill([n], tf.constant(7, tf.int64))], axis=1)
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing ops.
+
+
+def test_random_crop_offsets_cover_the_valid_range():
+  seeds = _seeds(400)
+  offset = lambda s: ip.random_crop_offset(s, RESIZE, CROP)
+  eager = np.stack([offset(s).numpy() for s in seeds])
+  in_data = np.stack(list(
+      tf.data.Dataset.from_tensor_slices(seeds).map(offset)
+      .as_numpy_iterator()))
+  np.testing.assert_array_equal(eager, in_data)
+  for axis in range(2):
+    assert set(eager[:, axis]) == set(range(RESIZE - CROP + 1))
+
+
+def test_crop_matches_numpy_slicing():
+  image = np.random.default_rng(0).random((RESIZE, RESIZE, 3), np.float32)
+  for offset in ([0, 0], [3, 8], [8, 8]):
+    eager, in_data = _both_ways(lambda im, o: ip.crop(im, o, CROP),
+                                tf.constant(image), tf.constant(offset))
+    expected = image[offset[0]:offset[0] + CROP, offset[1]:offset[1] + CROP]
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_array_equal(in_data, expected)
+
+
+def test_random_flip_flips_left_right_about_half_the_time():
+  image = np.random.default_rng(0).random((5, 6, 3), np.float32)
+  seeds = _seeds(200)
+  flip = lambda seed: ip.random_flip(tf.constant(image), seed)
+  eager = np.stack([flip(seed) for seed in seeds])
+  in_data = np.stack(list(
+      tf.data.Dataset.from_tensor_slices(seeds).map(flip).as_numpy_iterator()))
+  np.testing.assert_array_equal(eager, in_data)
+  flipped = np.all(eager == image[:, ::-1], axis=(1, 2, 3))
+  np.testing.assert_array_equal(eager[~flipped],
+                                np.broadcast_to(image, eager[~flipped].shape))
+  assert 70 < flipped.sum() < 130
+
+
+@pytest.mark.parametrize('convention', ['variance', 'stddev'])
+def test_pca_lighting_has_the_analytic_covariance(convention):
+  eigval = np.array([0.2175, 0.0188, 0.0045])
+  eigvec = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+                     [-0.5836, -0.6948, 0.4203]])
+  sigma, n = 0.1, 20_000
+  image = np.random.default_rng(0).random((4, 5, 3), np.float32)
+  light = lambda seed: ip.pca_lighting(tf.constant(image), seed, sigma,
+                                       eigval, eigvec, convention) - image
+  deltas = np.stack(list(tf.data.Dataset.from_tensor_slices(_seeds(n))
+                         .map(light).batch(n).as_numpy_iterator())[0])
+  # Constant over one image.
+  np.testing.assert_allclose(
+      deltas, np.broadcast_to(deltas[:, :1, :1], deltas.shape), atol=1e-6)
+  shifts = deltas[:, 0, 0]
+  scale = eigval if convention == 'variance' else np.sqrt(eigval)
+  expected = eigvec @ np.diag(sigma**2 * scale**2) @ eigvec.T
+  np.testing.assert_allclose(np.cov(shifts.T), expected,
+                             atol=0.05 * np.abs(expected).max())
+  np.testing.assert_allclose(shifts.mean(0), 0, atol=0.05 * scale.max() * sigma)
+  eager = light(_seeds(1)[0]).numpy()
+  np.testing.assert_allclose(eager, deltas[0], rtol=1e-6, atol=1e-7)
+
+
+def test_ten_crops_are_corners_centre_and_their_flips():
+  image = np.random.default_rng(0).random((RESIZE, RESIZE, 3), np.float32)
+  eager, in_data = _both_ways(lambda im: ip.ten_crops(im, CROP),
+                              tf.constant(image))
+  far, mid = RESIZE - CROP, (RESIZE - CROP) // 2
+  windows = [image[y:y + CROP, x:x + CROP]
+             for y, x in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
+  expected = np.stack(windows + [w[:, ::-1] for w in windows])
+  np.testing.assert_array_equal(eager, expected)
+  np.testing.assert_array_equal(in_data, expected)
+
+
+def test_normalization_subtracts_channel_and_pixel_means():
+  rng = np.random.default_rng(0)
+  image = rng.random((RESIZE, RESIZE, 3), np.float32)
+  mean_rgb = np.array([0.1, 0.2, 0.3], np.float32)
+  per_channel = ip._Normalization(mean_rgb, 1.0, False)
+  np.testing.assert_allclose(per_channel(tf.constant(image)), image - mean_rgb,
+                             atol=1e-6)
+  caffe = ip._Normalization(mean_rgb, 255.0, True)
+  np.testing.assert_allclose(caffe(tf.constant(image)),
+                             (255 * (image - mean_rgb))[..., ::-1], rtol=1e-5)
+  mean_image = rng.random((RESIZE, RESIZE, 3), np.float32)
+  per_pixel = ip._Normalization(mean_image, 1.0, False)
+  window = image[2:2 + CROP, 5:5 + CROP]
+  eager, in_data = _both_ways(
+      lambda im: per_pixel(im, tf.constant([2, 5]), CROP), tf.constant(window))
+  expected = window - mean_image[2:2 + CROP, 5:5 + CROP]
+  np.testing.assert_allclose(eager, expected, atol=1e-6)
+  np.testing.assert_allclose(in_data, expected, atol=1e-6)
+
+
+def test_decode_handles_grayscale_cmyk_and_png():
+  rng = np.random.default_rng(0)
+  gray = np.asarray(ip.decode_rgb(
+      _encode(_noise_image(rng, 20, 30, 'L'), 'PNG')))
+  assert gray.shape == (20, 30, 3)
+  np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+  smooth = Image.fromarray(np.full((32, 32, 3), (200, 40, 90), np.uint8))
+  cmyk = np.asarray(ip.decode_rgb(_encode(smooth.convert('CMYK'), 'JPEG')))
+  np.testing.assert_allclose(cmyk.mean((0, 1)), (200, 40, 90), atol=6)
+  png = _noise_image(rng, 9, 11)
+  np.testing.assert_array_equal(ip.decode_rgb(_encode(png, 'PNG')),
+                                np.asarray(png))
+
+
+def test_is_decodable_flags_exactly_the_bad_files():
+  rng = np.random.default_rng(0)
+  good = _good_files(rng) + [_encode(_noise_image(rng, 9, 9), f)
+                             for f in ('GIF', 'BMP', 'WEBP')]
+  bad = _bad_files(rng)
+  eager = [bool(ip.is_decodable(tf.constant(b))) for b in good + bad]
+  ds = tf.data.Dataset.from_tensor_slices(good + bad).map(ip.is_decodable)
+  assert eager == list(ds.as_numpy_iterator())
+  assert eager == [True] * len(good) + [False] * len(bad)
+
+
+def _smooth_jpeg(height, width) -> bytes:
+  ys, xs = np.mgrid[0:height, 0:width] / max(height, width)
+  pixels = np.stack([ys, xs, (ys + xs) / 2], -1) * 255
+  return _encode(Image.fromarray(pixels.astype(np.uint8)), 'JPEG', quality=95)
+
+
+# The window is rounded to whole source pixels: coarse for tiny images.
+@pytest.mark.parametrize('shape, tolerance', [((300, 400), 0.01),
+                                              ((7, 10), 0.05),
+                                              ((2000, 1500), 0.01)])
+def test_decode_and_crop_approximates_the_exact_path(shape, tolerance):
+  data = _smooth_jpeg(*shape)
+  for offset in ([0, 0], [5, 8], [8, 2]):
+    exact = ip.crop(ip.decode_resized(data, RESIZE), offset, CROP)
+    approx, in_data = _both_ways(
+        lambda d, o: ip.decode_crop_window(d, RESIZE, CROP, o),
+        tf.constant(data), tf.constant(offset))
+    assert approx.shape == (CROP, CROP, 3)
+    np.testing.assert_allclose(approx, in_data, atol=1e-6)
+    assert np.abs(approx - exact).mean() < tolerance
+
+
+def test_model_input_size_follows_variant():
+  config = default.get_config()
+  assert ip.model_input_size(config) == 224
+  config.model.variant = 'caffe'
+  assert ip.model_input_size(config) == 227
+  config.model.input_size = 112
+  assert ip.model_input_size(config) == 112
+
+
+# ---------------------------------------------------------------------------
+# Whole pipeline.
+
+
+def _fingerprints(images, labels):
+  """Sorted (label, image sum) pairs: a multiset of examples."""
+  pairs = sorted(zip(labels.tolist(), images.reshape(len(labels), -1)
+                     .sum(1).round(3).tolist()))
+  return np.array(pairs)
+
+
+def _eval_all(config, *, ten_crop=False, process_index=0, process_count=1):
+  iterable = ip.create_eval_iterator(config, ten_crop=ten_crop,
+                                     process_index=process_index,
+                                     process_count=process_count)
+  batches = list(iterable)
+  return iterable, batches
+
+
+def test_messy_folder_train_and_eval_skip_exactly_the_bad_files(messy_folder):
+  dataset, num_good, num_bad = messy_folder
+  config = _no_augmentation(_config(dataset, batch_size=1, eval_batch_size=4))
+  assert ip.num_train_examples(config) == num_good + num_bad
+  assert ip.num_classes(config) == 2
+
+  evaluation, batches = _eval_all(config)
+  assert evaluation.num_examples == num_good
+  assert evaluation.num_skipped == num_bad
+  masks = np.concatenate([b['mask'] for b in batches])
+  images = np.concatenate([b['image'] for b in batches])[masks]
+  labels = np.concatenate([b['label'] for b in batches])[masks]
+  assert np.isfinite(images).all() and images.shape[1:] == (CROP, CROP, 3)
+
+  train = ip.create_train_iterator(config)
+  epoch0 = [next(train) for _ in range(num_good)]
+  state = train.get_state()
+  consumed = (num_good + num_bad if state['epoch'] == 1 else
+              state['next_index'])
+  assert train.num_skipped == consumed - num_good
+  # Without augmentation the training crops are the evaluation crops:
+  # every good file once, no bad one.
+  np.testing.assert_allclose(
+      _fingerprints(np.concatenate([b['image'] for b in epoch0]),
+                    np.concatenate([b['label'] for b in epoch0])),
+      _fingerprints(images, labels), atol=1e-3)
+  next(train)
+  state = train.get_state()
+  assert state['epoch'] == 1
+  # Every bad file of epoch 0, plus those before the first good one of 1.
+  assert train.num_skipped == num_bad + state['next_index'] - 1
+
+
+def test_messy_folder_ten_crop_eval(messy_folder):
+  dataset, num_good, num_bad = messy_folder
+  config = _config(dataset, eval_batch_size=4)
+  evaluation, batches = _eval_all(config, ten_crop=True)
+  assert all(b['image'].shape == (4, 10, CROP, CROP, 3) for b in batches)
+  assert (evaluation.num_examples, evaluation.num_skipped) == (num_good,
+                                                               num_bad)
+
+
+def test_eval_sees_every_example_once(clean_folder):
+  config = _config(clean_folder, eval_batch_size=4)
+  single, batches = _eval_all(config)
+  assert single.num_examples == 7 and single.num_skipped == 0
+  assert len(batches) == 2
+  assert [int(b['mask'].sum()) for b in batches] == [4, 3]
+  assert all(len(b['label']) == 4 for b in batches)
+  expected = _fingerprints(
+      np.concatenate([b['image'][b['mask']] for b in batches]),
+      np.concatenate([b['label'][b['mask']] for b in batches]))
+
+  runs = [_eval_all(config, process_index=p, process_count=2)
+          for p in range(2)]
+  assert len(runs[0][1]) == len(runs[1][1])
+  assert sum(r.num_examples for r, _ in runs) == 7
+  local = [b for _, batches in runs for b in batches]
+  assert all(len(b['label']) == 2 for b in local)
+  union = _fingerprints(
+      np.concatenate([b['image'][b['mask']] for b in local]),
+      np.concatenate([b['label'][b['mask']] for b in local]))
+  np.testing.assert_allclose(union, expected)
+
+
+def test_train_shards_are_disjoint_and_cover_the_epoch(clean_folder):
+  config = _no_augmentation(_config(clean_folder, batch_size=2))
+  shards = []
+  for p in range(2):
+    iterator = ip.create_train_iterator(config, process_index=p,
+                                        process_count=2)
+    batches = [next(iterator) for _ in range(5)]  # 10 files / 2 processes.
+    assert iterator.get_state() == {'epoch': 1, 'next_index': 0,
+                                    'num_skipped': 0}
+    shards += batches
+  batch = next(ip.create_train_iterator(
+      _no_augmentation(_config(clean_folder, batch_size=10))))
+  np.testing.assert_allclose(
+      _fingerprints(np.concatenate([b['image'] for b in shards]),
+                    np.concatenate([b['label'] for b in shards])),
+      _fingerprints(batch['image'], batch['label']))
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['label'], y['label'])
+    np.testing.assert_array_equal(x['image'], y['image'])
+
+
+def test_same_seed_same_batches_other_seed_other_batches(clean_folder):
+  config = _config(clean_folder)
+  _assert_same_batches(_take(ip.create_train_iterator(config), 4),
+                       _take(ip.create_train_iterator(config), 4))
+  other = _take(ip.create_train_iterator(_config(clean_folder, seed=1)), 1)
+  assert not np.array_equal(other[0]['image'],
+                            _take(ip.create_train_iterator(config), 1)[0][
+                                'image'])
+
+
+def test_epochs_differ_in_order_and_augmentation(clean_folder):
+  iterator = ip.create_train_iterator(_config(clean_folder, batch_size=10))
+  first, second = next(iterator), next(iterator)
+  assert sorted(first['label']) == sorted(second['label'])
+  assert not np.allclose(np.sort(first['image'].sum((1, 2, 3))),
+                         np.sort(second['image'].sum((1, 2, 3))))
+
+
+@pytest.mark.parametrize('k', [1, 4])
+def test_restored_iterator_continues_exactly(messy_folder, k):
+  dataset, _, num_bad = messy_folder
+  config = _config(dataset, batch_size=4)  # 9 good files: batches span epochs.
+  uninterrupted = ip.create_train_iterator(config)
+  _take(uninterrupted, k)
+  state = uninterrupted.get_state()
+  expected = _take(uninterrupted, 4)
+
+  resumed = ip.create_train_iterator(config)
+  resumed.set_state(dict(state))
+  assert resumed.num_skipped == state['num_skipped']
+  _assert_same_batches(_take(resumed, 4), expected)
+  assert resumed.get_state() == uninterrupted.get_state()
+  assert resumed.num_skipped == uninterrupted.num_skipped
+  if k == 4:  # 16 good examples read: past the first epoch's bad files.
+    assert state['epoch'] == 1 and state['num_skipped'] >= num_bad
+
+
+def test_missing_imagenet_names_the_files_and_directory(tmp_path):
+  config = _config('imagenet2012', data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError) as error:
+    ip.create_train_iterator(config)
+  message = str(error.value)
+  manual_dir = os.path.join(str(tmp_path), 'downloads', 'manual')
+  for name in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar',
+               manual_dir):
+    assert name in message
+
+
+def test_synthetic_dataset_is_read_through_folder_path(tmp_path):
+  config = _config('synthetic', **{'synthetic.num_classes': 3,
+                                   'synthetic.train_per_class': 4,
+                                   'synthetic.val_per_class': 2,
+                                   'synthetic.cache_dir': str(tmp_path)})
+  assert ip.num_classes(config) == 3
+  assert ip.num_train_examples(config) == 12
+  batch = next(ip.create_train_iterator(config))
+  assert batch['image'].shape == (4, CROP, CROP, 3)
+  assert batch['image'].dtype == np.float32 and batch['label'].dtype == np.int32
+  evaluation, _ = _eval_all(config)
+  assert evaluation.num_examples == 6
+
+
+def test_to_global_and_prefetch_keep_the_state_of_each_batch(clean_folder):
+  config = _config(clean_folder)
+  mesh = jax.make_mesh((1,), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+      'data'))
+  shardings = {'image': sharding, 'label': sharding}
+  reference = ip.create_train_iterator(config)
+  expected = []
+  for _ in range(3):
+    expected.append((next(reference), reference.get_state()))
+  prefetched = ip.prefetch_to_device(ip.create_train_iterator(config), 2,
+                                     shardings)
+  for want_batch, want_state in expected:
+    global_batch, state, num_skipped = next(prefetched)
+    assert isinstance(global_batch['image'], jax.Array)
+    np.testing.assert_array_equal(np.asarray(global_batch['image']),
+                                  want_batch['image'])
+    assert state == want_state
+    assert num_skipped == want_state['num_skipped']
+  prefetched.close()
