@@ -438,8 +438,9 @@ def ten_crops(image: tf.Tensor, crop_size: int) -> tf.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class _Normalization:
-  """Mean subtraction, output scale and channel order."""
+  """Mean subtraction, std division, output scale and channel order."""
   mean: np.ndarray        # [3] or [R, R, 3] on the [0, 1] scale.
+  std: np.ndarray | None  # [3] on the [0, 1] scale (torchvision); or None.
   scale: float
   bgr: bool
 
@@ -448,7 +449,10 @@ class _Normalization:
     mean = tf.constant(self.mean, tf.float32)
     if self.mean.ndim == 3 and offset is not None:
       mean = crop(mean, offset, crop_size)
-    image = (image - mean) * self.scale
+    image = image - mean
+    if self.std is not None:
+      image = image / tf.constant(self.std, tf.float32)
+    image = image * self.scale
     return image[..., ::-1] if self.bgr else image
 
 
@@ -483,7 +487,9 @@ def _normalization(config) -> _Normalization:
     raise ValueError(f'unknown mean_subtraction {inp.mean_subtraction!r}')
   if inp.channel_order not in ('RGB', 'BGR'):
     raise ValueError(f'unknown channel_order {inp.channel_order!r}')
+  std = inp.get('std_rgb')
   return _Normalization(mean.astype(np.float32),
+                        None if std is None else np.asarray(std, np.float32),
                         float(inp.get('value_scale', 1.0)),
                         inp.channel_order == 'BGR')
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from alexnet_jax import checkpoint
@@ -101,10 +102,10 @@ def make_eval_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
 
   def eval_step(params, batch):
     images = batch['image']
-    if ten_crop:
-      crops = images.shape[1]
-      probs = sum(jax.nn.softmax(apply(params, images[:, c], None))
-                  for c in range(crops)) / crops
+    if ten_crop:  # [B, crops, H, W, 3]: one forward pass over B * crops.
+      batch_size, crops = images.shape[:2]
+      logits = apply(params, images.reshape(-1, *images.shape[2:]), None)
+      probs = jax.nn.softmax(logits).reshape(batch_size, crops, -1).mean(1)
     else:
       probs = jax.nn.softmax(apply(params, images, None))
     mask = batch['mask'].astype(jnp.float32)
@@ -124,9 +125,10 @@ def evaluate(config: Any, strategy: parallel.Strategy, eval_steps: dict,
   """Top-1/top-5 error over the whole validation set, every crop protocol."""
   results = {}
   for protocol, eval_step in eval_steps.items():
+    shard, shards = strategy.process_batch_shard()
     iterator = input_pipeline.create_eval_iterator(
         config, ten_crop=protocol == '10crop',
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=shard, process_count=shards)
     sums = {'top1': 0.0, 'top5': 0.0, 'count': 0.0}
     batch_sh = strategy.batch_sharding()
     shardings = {'image': batch_sh, 'label': batch_sh, 'mask': batch_sh}
@@ -189,6 +191,29 @@ def total_steps(config: Any) -> tuple[int, float]:
   return math.ceil(config.num_epochs * steps_per_epoch), steps_per_epoch
 
 
+def _gather_over_processes(state: dict[str, int]) -> list[dict[str, int]]:
+  """Every process's iterator state, indexed by process (ints only)."""
+  if jax.process_count() == 1:
+    return [state]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  keys = sorted(state)
+  rows = multihost_utils.process_allgather(
+      np.array([state[k] for k in keys], np.int64))
+  return [dict(zip(keys, map(int, row))) for row in rows]
+
+
+def _restore_data_position(train_iter, states: list[dict[str, int]]) -> None:
+  """Each process continues from its own position, when the count matches."""
+  if len(states) != jax.process_count():
+    logs.console(f'checkpoint was written by {len(states)} processes, not '
+                 f'{jax.process_count()}: the data shards differ, so the '
+                 'input restarts at the saved epoch instead of its position')
+    train_iter.set_state({'epoch': states[0]['epoch'], 'next_index': 0,
+                          'num_skipped': 0})
+    return
+  train_iter.set_state(states[jax.process_index()])
+
+
 class _StopRequest:
   """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
 
@@ -233,9 +258,9 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   state = create_train_state(spec, strategy, tx, init_rng)
   policy = optim.LearningRatePolicy.from_config(config.optimizer,
                                                 steps_per_epoch)
+  shard, shards = strategy.process_batch_shard()
   train_iter = input_pipeline.create_train_iterator(
-      config, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      config, process_index=shard, process_count=shards)
   meta = checkpoint.spec_meta(spec, input=config.input.to_dict(),
                               dataset=config.dataset)
 
@@ -250,8 +275,8 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
                                   opt_state_like=state.opt_state)
     state = TrainState(jax.device_put(jnp.int32(step), strategy.replicated()),
                        restored['params'], restored['opt_state'])
-    data_state = restored['progress']['data']
-    train_iter.set_state(data_state)
+    _restore_data_position(train_iter, restored['progress']['data'])
+    data_state = train_iter.get_state()
     policy.load_state_dict(restored['progress']['lr_policy'])
     logs.console(f'resumed from {ckpt_dir}/{step}')
 
@@ -275,7 +300,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   def save(step):
     checkpoint.save(mngr, step, params=state.params,
                     opt_state=state.opt_state, meta=meta,
-                    progress={'data': data_state,
+                    progress={'data': _gather_over_processes(data_state),
                               'lr_policy': policy.state_dict()})
 
   def flush():
@@ -295,7 +320,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
         writer.close()
         return last_eval
       waited = time.time()
-      batch, data_state, skipped = next(batches)
+      batch, data_state, _ = next(batches)
       window.data_wait += time.time() - waited
       learning_rate = policy(step)
       state, metrics = train_step(state, batch, learning_rate, dropout_rng)
@@ -307,7 +332,9 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
         per_step, eta = progress.report(done)
         summary = window.summary(per_step, config.batch_size)
         summary.update({'train/learning_rate': learning_rate,
-                        'data/skipped_train': skipped})
+                        'data/skipped_train': sum(
+                            s['num_skipped'] for s in
+                            _gather_over_processes(data_state))})
         writer.write(done, summary)
         logs.console(
             f'step {done}/{num_steps}  loss {summary["train/loss"]:.4f}  '

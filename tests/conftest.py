@@ -33,3 +33,41 @@ def small_spec() -> models.AlexNetSpec:
       models.VARIANTS['paper'], input_size=67,
       conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
       num_classes=16)
+
+
+@pytest.fixture(scope='session')
+def tiny_config_factory(tmp_path_factory):
+  """Returns configs for a few-step run of `main` on tiny synthetic data.
+
+  Shares one generated dataset for the whole session.
+  """
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  cache = str(tmp_path_factory.mktemp('synthetic'))
+
+  def make(**overrides):
+    config = demo.get_config()
+    config.synthetic.num_classes = 4
+    config.synthetic.train_per_class = 12
+    config.synthetic.val_per_class = 5
+    config.synthetic.cache_dir = cache
+    config.input.resize_size = 76
+    config.input.shuffle_buffer = 64
+    config.model.input_size = 67
+    config.model.num_classes = 4
+    config.model.conv_features = (8, 16, 24, 24, 16)
+    config.model.fc_features = (32, 32)
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_train_steps = 4
+    config.eval_every_steps = 4
+    config.checkpoint_every_steps = 2
+    config.log_every_steps = 1
+    for key, value in overrides.items():
+      target = config
+      *parents, leaf = key.split('.')
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = value
+    return config
+
+  return make

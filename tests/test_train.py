@@ -1,0 +1,214 @@
+"""End-to-end training: every mode, resume after SIGKILL, SIGTERM, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint, parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ('train/loss', 'train/top1_error', 'train/top5_error',
+           'train/learning_rate', 'perf/images_per_sec', 'perf/step_time',
+           'perf/data_wait_fraction', 'data/skipped_train',
+           'eval/top1_error', 'eval/top5_error', 'eval/top1_error_10crop',
+           'eval/top5_error_10crop', 'eval/num_examples', 'data/skipped_eval')
+
+
+def _lines(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _final_params(config, workdir):
+  spec = parallel.spec_of(config)
+  mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))
+  step = mngr.latest_step()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  params_like = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      parallel.abstract_params(spec))
+  # Restored onto one device, whatever mode wrote it.
+  restored = checkpoint.restore(mngr, step, params_like=params_like)
+  return step, jax.tree.map(np.asarray, restored['params'])
+
+
+@pytest.mark.parametrize('mode,devices', [('single', 1), ('data', 2),
+                                          ('tower', 2), ('data_tower', 4),
+                                          ('hybrid', 2)])
+def test_main_runs_every_mode(tiny_config_factory, tmp_path, mode, devices):
+  config = tiny_config_factory(mode=mode, num_devices=devices)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  lines = _lines(tmp_path)
+  names = set().union(*lines)
+  assert set(METRICS) <= names
+  assert all('step' in line for line in lines)
+  assert [line['step'] for line in lines if 'train/loss' in line] == [
+      1, 2, 3, 4]
+  assert result['eval/num_examples'] == 4 * 5  # Every val image, once.
+  assert 0.0 <= result['eval/top1_error'] <= 1.0
+  assert checkpoint.manager(str(tmp_path / 'checkpoints')).all_steps() == [
+      2, 4]
+
+
+def test_runs_in_every_mode_reach_the_same_parameters(tiny_config_factory,
+                                                      tmp_path):
+  finals = []
+  for mode, devices in (('single', 1), ('tower', 2)):
+    config = tiny_config_factory(mode=mode, num_devices=devices,
+                                 eval_ten_crop=False)
+    train.train_and_evaluate(config, str(tmp_path / mode))
+    finals.append(_final_params(config, str(tmp_path / mode))[1])
+  for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _main_cmd(workdir, overrides):
+  return [sys.executable, '-m', 'alexnet_jax.main',
+          f'--config={REPO}/configs/demo.py', f'--workdir={workdir}',
+          *[f'--config.{k}={v}' for k, v in overrides.items()]]
+
+
+def _subprocess_overrides(config):
+  keys = ('synthetic.num_classes', 'synthetic.train_per_class',
+          'synthetic.val_per_class', 'synthetic.cache_dir',
+          'input.resize_size', 'input.shuffle_buffer', 'model.input_size',
+          'model.num_classes', 'batch_size', 'eval_batch_size',
+          'log_every_steps')
+  out = {}
+  for key in keys:
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    out[key] = value
+  out['model.conv_features'] = '(8, 16, 24, 24, 16)'
+  out['model.fc_features'] = '(32, 32)'
+  out['eval_ten_crop'] = False
+  return out
+
+
+def _steps(workdir):
+  """Complete checkpoint steps on disk now (orbax skips half-written ones)."""
+  return checkpoint.manager(os.path.join(workdir, 'checkpoints')).all_steps()
+
+
+def _wait_for(predicate, proc, timeout=240):
+  start = time.time()
+  while not predicate():
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - start < timeout
+    time.sleep(0.05)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_config_factory,
+                                                    tmp_path):
+  base = _subprocess_overrides(tiny_config_factory())
+  killed_dir = tmp_path / 'killed'
+  env = dict(os.environ, PYTHONPATH=REPO)
+  proc = subprocess.Popen(
+      _main_cmd(killed_dir, {**base, 'num_train_steps': 10_000,
+                             'checkpoint_every_steps': 3,
+                             'eval_every_steps': 10_000}),
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  _wait_for(lambda: _steps(killed_dir), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(_steps(killed_dir))
+  target = killed_at + 4  # Resume runs past the kill point.
+  common = {**base, 'num_train_steps': target, 'checkpoint_every_steps': 3,
+            'eval_every_steps': target}
+  subprocess.run(_main_cmd(killed_dir, common), env=env, check=True,
+                 capture_output=True)
+  subprocess.run(_main_cmd(tmp_path / 'straight', common), env=env,
+                 check=True, capture_output=True)
+  config = tiny_config_factory()
+  step_a, resumed = _final_params(config, str(killed_dir))
+  step_b, straight = _final_params(config, str(tmp_path / 'straight'))
+  assert step_a == step_b == target
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_where_it_stopped(tiny_config_factory, tmp_path):
+  base = _subprocess_overrides(tiny_config_factory())
+  proc = subprocess.Popen(
+      _main_cmd(tmp_path, {**base, 'num_train_steps': 10_000,
+                           'checkpoint_every_steps': 10_000,
+                           'eval_every_steps': 10_000,
+                           'log_every_steps': 1}),
+      env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  _wait_for(lambda: metrics.exists() and len(
+      metrics.read_text().splitlines()) >= 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output
+  stopped = [line for line in output.splitlines() if 'SIGTERM at step' in line]
+  assert stopped, output
+  step = int(stopped[0].split('SIGTERM at step ')[1].split(':')[0])
+  assert _steps(tmp_path) == [step] and 3 <= step < 10_000
+  _, params = _final_params(tiny_config_factory(), str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
+    tiny_config_factory, tmp_path):
+  config = tiny_config_factory(num_train_steps=6, checkpoint_every_steps=2,
+                               eval_every_steps=100)
+  config.optimizer.learning_rate = 1e6  # Diverges within a few steps.
+  with pytest.raises(FloatingPointError, match=r'at step \d+') as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(str(error.value).split('at step ')[1].split(';')[0])
+  steps = checkpoint.manager(str(tmp_path / 'checkpoints')).all_steps()
+  assert all(s <= bad_step for s in steps)
+  if steps:
+    _, params = _final_params(config, str(tmp_path))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_eval_only_restores_onto_another_mode(tiny_config_factory, tmp_path):
+  config = tiny_config_factory(mode='tower', num_devices=2)
+  trained = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  other = tiny_config_factory(mode='data', num_devices=4)
+  result = train.evaluate_checkpoint(other, str(tmp_path / 'run'))
+  for key in ('eval/top1_error', 'eval/top5_error', 'eval/top1_error_10crop'):
+    assert result[key] == pytest.approx(trained[key], abs=1e-6)
+
+
+def test_incompatible_checkpoint_is_refused(tiny_config_factory, tmp_path):
+  train.train_and_evaluate(tiny_config_factory(num_train_steps=2),
+                           str(tmp_path))
+  wider = tiny_config_factory()
+  wider.model.fc_features = (64, 64)
+  with pytest.raises(ValueError, match=r'config\.model\.fc_features'):
+    train.train_and_evaluate(wider, str(tmp_path))
+  with pytest.raises(ValueError, match=r'config\.model\.fc_features'):
+    train.evaluate_checkpoint(wider, str(tmp_path))
+
+
+def test_unwritable_workdir_is_a_clear_error(tiny_config_factory, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  with pytest.raises(ValueError, match='--workdir'):
+    train.train_and_evaluate(tiny_config_factory(), str(blocker / 'run'))
+
+
+def test_missing_dataset_is_a_clear_error(tiny_config_factory, tmp_path):
+  config = tiny_config_factory(dataset=f'folder:{tmp_path}/nowhere')
+  with pytest.raises((ValueError, FileNotFoundError), match='nowhere'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_unknown_config_key_fails_at_startup(tmp_path):
+  result = subprocess.run(
+      _main_cmd(tmp_path, {'batch_sise': 3}),
+      env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True)
+  assert result.returncode != 0
+  assert 'batch_sise' in result.stderr
