@@ -1,0 +1,145 @@
+"""Top-5 classes of images under a checkpoint's own input conventions.
+
+  python -m alexnet_jax.predict --checkpoint=CKPT_DIR cat.jpg dog.png
+  python -m alexnet_jax.predict --checkpoint=CKPT_DIR batch.npy --out=x.npz
+
+Images (JPEG, PNG, anything TensorFlow decodes) get the evaluation
+transform the checkpoint's meta records (resize, centre crop, mean, scale,
+channel order); a `.npy` file holds images already in that convention,
+float32 [N, H, W, 3] (or one [H, W, 3]). Class names come from TFDS when the
+checkpoint's dataset is a TFDS dataset (for imagenet2012: WordNet ids, the
+class order torchvision and Caffe use too); otherwise classes are printed by
+index.
+"""
+
+import sys
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax import convert
+from alexnet_jax import input_pipeline
+from alexnet_jax import models
+from configs import default
+
+TOP_K = 5
+_BATCH = 32  # Images per forward pass.
+
+
+def eval_config(meta: dict[str, Any]) -> Any:
+  """The default config with the checkpoint's input conventions and size."""
+  config = default.get_config()
+  config.input.update(meta['input'])
+  config.model.input_size = meta['model']['input_size']
+  config.dataset = meta.get('dataset', config.dataset)
+  return config
+
+
+def _load_npy(path: str, size: int) -> np.ndarray:
+  """Already-preprocessed images [N, size, size, 3] from a .npy file."""
+  array = np.load(path).astype(np.float32)
+  array = array[None] if array.ndim == 3 else array
+  if array.shape[1:] != (size, size, 3):
+    raise ValueError(f'{path}: shape {array.shape}, expected [N, {size}, '
+                     f'{size}, 3] images in the checkpoint\'s convention')
+  return array
+
+
+def _load_image(path: str, preprocess) -> np.ndarray:
+  """One encoded image file through the evaluation transform, [1, S, S, 3]."""
+  with open(path, 'rb') as f:
+    record = {'encoded': tf.constant(f.read()), 'label': 0, 'index': 0}
+  try:
+    return preprocess(record)['image'].numpy()[None]
+  except tf.errors.InvalidArgumentError:
+    raise ValueError(f'{path}: not a decodable image') from None
+
+
+def load_images(paths: Sequence[str], config: Any) -> tuple[np.ndarray,
+                                                           list[str]]:
+  """Preprocessed images [N, S, S, 3] and a name for each, in input order."""
+  preprocess = input_pipeline.make_eval_preprocess(config, ten_crop=False)
+  images, names = [], []
+  for path in paths:
+    if path.endswith('.npy'):
+      images.append(_load_npy(path, config.model.input_size))
+      names += [f'{path}[{i}]' for i in range(len(images[-1]))]
+    else:
+      images.append(_load_image(path, preprocess))
+      names.append(path)
+  return np.concatenate(images), names
+
+
+def class_names(dataset: str, num_classes: int) -> list[str] | None:
+  """TFDS's label names for `dataset`, if it is a TFDS dataset with them."""
+  if dataset == 'synthetic' or dataset.startswith('folder:'):
+    return None
+  try:
+    names = tfds.builder(dataset).info.features['label'].names
+  except Exception:  # pylint: disable=broad-except
+    return None  # Names are a convenience; indices always work.
+  return list(names) if len(names) == num_classes else None
+
+
+def logits_of(params: Any, spec: models.AlexNetSpec,
+              images: np.ndarray) -> np.ndarray:
+  """The model's logits for `images`, in batches of `_BATCH`, on one device."""
+  model = models.AlexNet(spec)
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  return np.concatenate([np.asarray(apply(params, images[i:i + _BATCH]))
+                         for i in range(0, len(images), _BATCH)])
+
+
+def top_k_lines(name: str, logits: np.ndarray,
+                labels: list[str] | None) -> list[str]:
+  """`name:` then one `probability  class` line per top class."""
+  probs = np.exp(logits - logits.max())
+  probs /= probs.sum()
+  lines = [f'{name}:']
+  for c in np.argsort(-probs)[:TOP_K]:
+    label = f'{c} {labels[c]}' if labels else f'{c}'
+    lines.append(f'  {probs[c]:.4f}  {label}')
+  return lines
+
+
+def predict(checkpoint_path: str, paths: Sequence[str]
+            ) -> tuple[np.ndarray, list[str], list[str] | None]:
+  """(logits [N, classes], input names, class names or None)."""
+  params, spec, meta = convert.load_checkpoint(checkpoint_path)
+  config = eval_config(meta)
+  images, names = load_images(paths, config)
+  logits = logits_of(params, spec, images)
+  return logits, names, class_names(config.dataset, spec.num_classes)
+
+
+def define_flags() -> None:
+  """The command line's flags (only when run as a program, as convert's)."""
+  flags.DEFINE_string('checkpoint', None,
+                      'A workdir, checkpoints dir or step dir.')
+  flags.DEFINE_string('out', None, 'Also save the logits (input order) and '
+                      'input names to this .npz file.')
+
+
+def main(argv):
+  ckpt, out = flags.FLAGS.checkpoint, flags.FLAGS.out
+  if len(argv) < 2 or not ckpt:
+    raise app.UsageError('usage: predict --checkpoint=CKPT_DIR FILE...')
+  try:
+    logits, names, labels = predict(ckpt, argv[1:])
+  except (ValueError, FileNotFoundError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
+  for name, row in zip(names, logits):
+    print('\n'.join(top_k_lines(name, row, labels)))
+  if out:
+    np.savez(out, logits=logits, inputs=np.array(names))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,34 @@
+"""Evaluates torchvision's `alexnet` weights (IMAGENET1K_V1) after conversion.
+
+  python -m alexnet_jax.convert --from=torchvision alexnet-owt-7be5be79.pth \
+      --out=CKPT_DIR
+  python -m alexnet_jax.main --config=configs/pretrained_torchvision.py \
+      --eval_only --checkpoint=CKPT_DIR --workdir=DIR
+
+The `owt` variant (one tower, conv1 padded by 2, no LRN) on torchvision's
+input convention: RGB, x / 255, minus the ImageNet mean, divided by the
+ImageNet std; shorter side 256, centre 224 crop. torchvision reports 43.48%
+/ 20.93% top-1 / top-5 error with the centre crop (SPEC.md section 4).
+"""
+
+from configs import default
+
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = 'imagenet2012'
+  config.model.variant = 'owt'
+  config.model.num_classes = 1000
+  config.input.channel_order = 'RGB'
+  config.input.value_scale = 1.0
+  config.input.mean_subtraction = 'channel'
+  config.input.mean_rgb = default.IMAGENET_MEAN_RGB
+  config.input.std_rgb = IMAGENET_STD_RGB
+  config.input.resize_size = 256
+  # One tower fits one device; any mode restores the same checkpoint.
+  config.mode = 'single'
+  config.num_devices = 1
+  config.eval_ten_crop = True
+  return config

@@ -1,0 +1,471 @@
+"""Weight conversion from/to torchvision and Caffe, and prediction.
+
+Every test writes random weights in the source format itself (no
+download). The torchvision reference below is torchvision's own `AlexNet`
+class, copied, so the tests need only `torch` (the `torch` extra), not
+torchvision; the Caffe reference is a functional PyTorch forward pass with
+Caffe's semantics. Weights are drawn with He scaling and inputs on the
+conventions' scales so that activations, and LRN, stay in their working
+range rather than vanishing.
+"""
+
+import dataclasses
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from alexnet_jax import checkpoint
+from alexnet_jax import convert
+from alexnet_jax import models
+from alexnet_jax import parallel
+from alexnet_jax import predict
+from alexnet_jax import train
+from configs import pretrained_caffe
+from configs import pretrained_torchvision
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(input_size=67, conv_features=(8, 16, 24, 24, 16),
+             fc_features=(32, 32), num_classes=16)
+
+
+@functools.cache
+def _apply(spec: models.AlexNetSpec):
+  model = models.AlexNet(spec)
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+
+
+def _logits(params, spec, images_nhwc):
+  return np.asarray(_apply(spec)(params, images_nhwc))
+
+
+def _he_params(spec: models.AlexNetSpec, seed: int):
+  """Our parameters for `spec`, N(0, 2 / fan_in) kernels, N(0, 0.1) biases."""
+  rng = np.random.default_rng(seed)
+  def draw(x):
+    fan_in = np.prod(x.shape[1:-1]) if x.ndim > 2 else 1
+    std = np.sqrt(2.0 / fan_in) if x.ndim > 2 else 0.1
+    return rng.standard_normal(x.shape, np.float32) * np.float32(std)
+  return jax.tree.map(draw, parallel.abstract_params(spec))
+
+
+def _assert_logits_close(ours, theirs):
+  scale = np.abs(theirs).max()
+  assert scale > 0.1, 'logits vanished; the comparison would prove nothing'
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _torch():
+  return pytest.importorskip('torch')
+
+
+def _torchvision_alexnet(torch, num_classes=1000):
+  """torchvision.models.AlexNet, verbatim (torchvision 0.2x)."""
+  nn = torch.nn
+
+  class AlexNet(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.features = nn.Sequential(
+          nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+          nn.ReLU(inplace=True),
+          nn.MaxPool2d(kernel_size=3, stride=2),
+          nn.Conv2d(64, 192, kernel_size=5, padding=2),
+          nn.ReLU(inplace=True),
+          nn.MaxPool2d(kernel_size=3, stride=2),
+          nn.Conv2d(192, 384, kernel_size=3, padding=1),
+          nn.ReLU(inplace=True),
+          nn.Conv2d(384, 256, kernel_size=3, padding=1),
+          nn.ReLU(inplace=True),
+          nn.Conv2d(256, 256, kernel_size=3, padding=1),
+          nn.ReLU(inplace=True),
+          nn.MaxPool2d(kernel_size=3, stride=2),
+      )
+      self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+      self.classifier = nn.Sequential(
+          nn.Dropout(p=0.5),
+          nn.Linear(256 * 6 * 6, 4096),
+          nn.ReLU(inplace=True),
+          nn.Dropout(p=0.5),
+          nn.Linear(4096, 4096),
+          nn.ReLU(inplace=True),
+          nn.Linear(4096, num_classes),
+      )
+
+    def forward(self, x):
+      x = self.features(x)
+      x = self.avgpool(x)
+      x = torch.flatten(x, 1)
+      return self.classifier(x)
+
+  return AlexNet().eval()
+
+
+def _he_init_(torch, module, seed):
+  torch.manual_seed(seed)
+  for p in module.parameters():
+    if p.ndim > 1:
+      torch.nn.init.normal_(p, std=float(np.sqrt(2.0 / np.prod(p.shape[1:]))))
+    else:
+      torch.nn.init.normal_(p, std=0.1)
+
+
+def _torch_logits(torch, module, images_nhwc):
+  with torch.no_grad():
+    return module(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2))).numpy()
+
+
+# ---------------------------------------------------------------------------
+# torchvision.
+
+
+@pytest.fixture(scope='module')
+def torchvision_files(tmp_path_factory):
+  """A random torchvision alexnet, our checkpoint of its .pth, restored."""
+  torch = _torch()
+  module = _torchvision_alexnet(torch)
+  _he_init_(torch, module, seed=0)
+  root = tmp_path_factory.mktemp('torchvision')
+  pth, ckpt = str(root / 'alexnet.pth'), str(root / 'ckpt')
+  torch.save(module.state_dict(), pth)
+  convert.convert_from('torchvision', pth, ckpt)
+  return module, ckpt, convert.load_checkpoint(ckpt)
+
+
+def test_torchvision_conversion_matches_torch_logits(torchvision_files):
+  torch = _torch()
+  module, _, (params, spec, meta) = torchvision_files
+  assert spec == models.VARIANTS['owt']
+  assert meta['input']['channel_order'] == 'RGB'
+  assert tuple(meta['input']['std_rgb']) == (0.229, 0.224, 0.225)
+  images = np.random.default_rng(1).standard_normal(
+      (2, 224, 224, 3)).astype(np.float32)
+  _assert_logits_close(_logits(params, spec, images),
+                       _torch_logits(torch, module, images))
+
+
+def test_ours_to_torchvision_and_back_is_exact(torchvision_files):
+  _, _, (params, spec, _) = torchvision_files
+  back = convert.from_torchvision(convert.to_torchvision(params, spec), spec)
+  jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_to_torchvision_cli_writes_the_original_file(torchvision_files,
+                                                     tmp_path):
+  """torchvision -> checkpoint -> torchvision gives back the same tensors,
+  so the exported file is right, not only invertible."""
+  torch = _torch()
+  module, ckpt, _ = torchvision_files
+  convert.convert_to_torchvision(ckpt, str(tmp_path / 'back.pth'))
+  back = torch.load(str(tmp_path / 'back.pth'))
+  original = module.state_dict()
+  assert list(back) == list(original)
+  for key, value in original.items():
+    assert torch.equal(back[key], value), key
+
+
+def test_to_torchvision_refuses_other_architectures():
+  spec = models.VARIANTS['paper']
+  with pytest.raises(ValueError, match=r'^model\.num_towers: 2 .* needs 1'):
+    convert.to_torchvision(_he_params(dataclasses.replace(
+        spec, **SMALL), seed=0), dataclasses.replace(spec, **SMALL))
+
+
+def _torchvision_like_state():
+  """Zero arrays of torchvision alexnet's keys and shapes (no memory used)."""
+  return {f'{convert.TORCHVISION_NAMES[layer]}.{kind}': np.zeros(shape,
+                                                                 np.float32)
+          for layer, shapes in convert.dense_shapes(
+              models.VARIANTS['owt']).items()
+          for kind, shape in zip(('weight', 'bias'), shapes)}
+
+
+@pytest.mark.parametrize('change,message', [
+    (lambda s: s.pop('features.3.weight'),
+     r'^features\.3\.weight: missing; expected shape \(192, 64, 5, 5\)'),
+    (lambda s: s.update({'features.0.weight': np.zeros((96, 3, 11, 11))}),
+     r'^features\.0\.weight: shape \(96, 3, 11, 11\), expected '
+     r'\(64, 3, 11, 11\)'),
+    (lambda s: s.update({'features.12.weight': np.zeros(3)}),
+     r'^features\.12\.weight: unexpected key'),
+])
+def test_bad_torchvision_state_dict_names_key_and_shape(change, message):
+  state = _torchvision_like_state()
+  change(state)
+  with pytest.raises(ValueError, match=message) as error:
+    convert.from_torchvision(state, models.VARIANTS['owt'])
+  assert '\n' not in str(error.value)
+
+
+def test_resnet_state_dict_is_refused():
+  state = {'conv1.weight': np.zeros((64, 3, 7, 7)), 'fc.bias': np.zeros(1000)}
+  with pytest.raises(ValueError, match=r'^features\.0\.weight: missing; '
+                     r'expected shape \(64, 3, 11, 11\)'):
+    convert.from_torchvision(state, models.VARIANTS['owt'])
+
+
+# ---------------------------------------------------------------------------
+# Caffe.
+
+
+# bvlc_alexnet's weight shapes, from its deploy.prototxt.
+CAFFE_SHAPES = {'conv1': (96, 3, 11, 11), 'conv2': (256, 48, 5, 5),
+                'conv3': (384, 256, 3, 3), 'conv4': (384, 192, 3, 3),
+                'conv5': (256, 192, 3, 3), 'fc6': (4096, 9216),
+                'fc7': (4096, 4096), 'fc8': (1000, 4096)}
+
+
+def _caffe_blobs(seed: int):
+  """Random bvlc_alexnet blobs in Caffe's layout, He-scaled."""
+  rng = np.random.default_rng(seed)
+  return {name: [(rng.standard_normal(shape, np.float32) *
+                  np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32),
+                 (rng.standard_normal(shape[0], np.float32) * 0.1)]
+          for name, shape in CAFFE_SHAPES.items()}
+
+
+def _caffe_forward(torch, blobs, images_nchw):
+  """bvlc_alexnet's deploy net, functionally: groups=2, LRN over 96 ch."""
+  F = torch.nn.functional  # pylint: disable=invalid-name
+  t = {k: [torch.from_numpy(a) for a in v] for k, v in blobs.items()}
+  lrn = lambda x: F.local_response_norm(x, 5, alpha=1e-4, beta=0.75, k=1.0)
+  pool = lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True)
+  with torch.no_grad():
+    x = pool(lrn(F.relu(F.conv2d(images_nchw, *t['conv1'], stride=4))))
+    x = pool(lrn(F.relu(F.conv2d(x, *t['conv2'], padding=2, groups=2))))
+    x = F.relu(F.conv2d(x, *t['conv3'], padding=1))
+    x = F.relu(F.conv2d(x, *t['conv4'], padding=1, groups=2))
+    x = pool(F.relu(F.conv2d(x, *t['conv5'], padding=1, groups=2)))
+    x = x.flatten(1)  # Caffe's (c, h, w) order.
+    x = F.relu(F.linear(x, *t['fc6']))
+    x = F.relu(F.linear(x, *t['fc7']))
+    return F.linear(x, *t['fc8']).numpy()
+
+
+def _to_caffe_tensorflow_layout(blobs):
+  """What caffe-tensorflow writes: HWIO convs, [in, out] FCs, fc6 in HWC."""
+  out = {}
+  for name, (w, b) in blobs.items():
+    if w.ndim == 4:
+      w = w.transpose(2, 3, 1, 0)
+    elif name == 'fc6':
+      w = w.reshape(4096, 256, 6, 6).transpose(2, 3, 1, 0).reshape(9216, 4096)
+    else:
+      w = w.T
+    out[name] = [np.ascontiguousarray(w), b]
+  return out
+
+
+@pytest.fixture(scope='module')
+def caffe_files(tmp_path_factory):
+  blobs = _caffe_blobs(seed=5)
+  root = tmp_path_factory.mktemp('caffe')
+  npy, ckpt = str(root / 'bvlc_alexnet.npy'), str(root / 'ckpt')
+  np.save(npy, blobs, allow_pickle=True)
+  convert.convert_from('caffe', npy, ckpt)
+  return blobs, ckpt, convert.load_checkpoint(ckpt)
+
+
+def test_caffe_conversion_matches_caffe_semantics(caffe_files):
+  torch = _torch()
+  blobs, _, (params, spec, _) = caffe_files
+  assert spec == models.VARIANTS['caffe']
+  # Caffe's input range: BGR, 0..255 minus the mean; LRN is far from linear.
+  images = np.random.default_rng(6).uniform(
+      -120, 130, (2, 227, 227, 3)).astype(np.float32)
+  theirs = _caffe_forward(torch, blobs, torch.from_numpy(
+      images.transpose(0, 3, 1, 2).copy()))
+  _assert_logits_close(_logits(params, spec, images), theirs)
+
+
+def test_caffe_tensorflow_layout_gives_the_same_params(caffe_files):
+  blobs, _, (params, spec, _) = caffe_files
+  from_tf = convert.from_caffe(_to_caffe_tensorflow_layout(blobs), spec)
+  jax.tree.map(np.testing.assert_array_equal, from_tf, params)
+
+
+def test_caffe_checkpoint_restores_with_its_conventions(caffe_files):
+  _, ckpt, _ = caffe_files
+  config = pretrained_caffe.get_config()
+  spec = parallel.spec_of(config)
+  mngr = checkpoint.manager(ckpt)
+  restored = checkpoint.restore(mngr, 0, params_like=jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.
+                                     SingleDeviceSharding(jax.devices()[0])),
+      parallel.abstract_params(spec)))
+  checkpoint.check_compatible(restored['meta'], spec, ckpt)
+  meta_input = restored['meta']['input']
+  assert meta_input['channel_order'] == 'BGR'
+  assert meta_input['value_scale'] == 255.0
+  np.testing.assert_allclose(np.array(meta_input['mean_rgb']) * 255,
+                             (123, 117, 104))
+  assert restored['meta']['model']['input_size'] == 227
+  assert restored['meta']['dataset'] == 'imagenet2012'
+
+
+def test_fine_tuned_caffe_model_is_refused():
+  blobs = {k: [np.zeros(s, np.float32), np.zeros(s[0], np.float32)]
+           for k, s in CAFFE_SHAPES.items()}
+  blobs['fc8'] = [np.zeros((10, 4096)), np.zeros(10)]
+  with pytest.raises(ValueError, match=(
+      r'^fc8\[0\]: shape \(10, 4096\), expected \(1000, 4096\) '
+      r'\(bvlc_alexnet, Caffe layout\)$')):
+    convert.from_caffe(blobs, models.VARIANTS['caffe'])
+
+
+def test_converted_checkpoint_runs_in_eval_only_mode(caffe_files, tmp_path):
+  """train.evaluate_checkpoint restores it and evaluates a tiny folder set."""
+  _, ckpt, _ = caffe_files
+  root = tmp_path / 'data'
+  rng = np.random.default_rng(4)
+  for split, classes in (('train', range(1000)), ('val', range(2))):
+    for c in classes:
+      os.makedirs(root / split / f'c{c:04d}')
+  for path in ('train/c0000/a.png', 'val/c0000/b.png', 'val/c0001/c.png'):
+    Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(
+        root / path)
+  config = convert.pretrained_config('caffe')
+  config.dataset = f'folder:{root}'
+  config.eval_batch_size = 2
+  config.eval_ten_crop = False
+  results = train.evaluate_checkpoint(config, ckpt)
+  assert results['eval/num_examples'] == 2
+  assert 0.0 <= results['eval/top1_error'] <= 1.0
+
+
+def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
+  blobs = {'conv1': [np.zeros(CAFFE_SHAPES['conv1']), np.zeros(96)]}
+  np.save(tmp_path / 'bad.npy', blobs, allow_pickle=True)
+  run = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.convert', '--from=caffe',
+       str(tmp_path / 'bad.npy'), f'--out={tmp_path / "ckpt"}'],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1] == (
+      'error: conv2[0]: missing; expected shape (256, 48, 5, 5) '
+      '(bvlc_alexnet, Caffe layout)')
+  assert not os.path.exists(tmp_path / 'ckpt' / '0')
+
+
+# ---------------------------------------------------------------------------
+# The PyTorch mirror (benchmarks/torch_alexnet.py).
+
+
+@pytest.mark.parametrize('variant', ['paper', 'caffe', 'owt'])
+def test_torch_mirror_computes_our_function(variant):
+  torch = _torch()
+  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
+  spec = dataclasses.replace(models.VARIANTS[variant], **SMALL)
+  params = _he_params(spec, seed=8)
+  module = torch_alexnet.TorchAlexNet.from_spec(spec).eval()
+  torch_alexnet.load_jax_params(module, params)
+  jax.tree.map(np.testing.assert_array_equal,
+               torch_alexnet.jax_params(module), params)
+  # Inputs ~100 put LRN (where the variant has it) in its nonlinear range.
+  images = 100 * np.random.default_rng(9).standard_normal(
+      (2, 67, 67, 3)).astype(np.float32)
+  _assert_logits_close(_logits(params, spec, images),
+                       _torch_logits(torch, module, images))
+
+
+def test_torch_mirror_owt_matches_torchvision_key_map():
+  torch = _torch()
+  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
+  mirror = torch_alexnet.TorchAlexNet.from_spec(models.VARIANTS['owt']).eval()
+  _he_init_(torch, mirror, seed=10)
+  reference = _torchvision_alexnet(torch)
+  reference.load_state_dict({
+      f'{convert.TORCHVISION_NAMES[k.split(".")[0]]}.{k.split(".")[1]}': v
+      for k, v in mirror.state_dict().items()})
+  images = np.random.default_rng(11).standard_normal(
+      (2, 224, 224, 3)).astype(np.float32)
+  _assert_logits_close(_torch_logits(torch, mirror, images),
+                       _torch_logits(torch, reference, images))
+
+
+# ---------------------------------------------------------------------------
+# predict.
+
+
+@pytest.fixture(scope='module')
+def small_caffe_checkpoint(tmp_path_factory):
+  """A narrow net in Caffe's conventions (BGR, 0..255, 227 crops)."""
+  config = convert.pretrained_config('caffe')
+  config.model.conv_features = SMALL['conv_features']
+  config.model.fc_features = SMALL['fc_features']
+  config.model.num_classes = SMALL['num_classes']
+  spec = parallel.spec_of(config)
+  params = _he_params(spec, seed=12)
+  ckpt = str(tmp_path_factory.mktemp('predict') / 'ckpt')
+  convert.save_checkpoint(params, config, ckpt)
+  return params, spec, ckpt
+
+
+def test_predict_cli_uses_the_checkpoints_conventions(small_caffe_checkpoint,
+                                                      tmp_path):
+  params, spec, ckpt = small_caffe_checkpoint
+  rng = np.random.default_rng(13)
+  pixels = rng.integers(0, 256, (256, 256, 3), np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'a.png')
+  # 256x256 needs no resize; centre 227 crop, minus the mean, to BGR.
+  expected = (pixels[14:241, 14:241].astype(np.float32) -
+              np.array([123.0, 117.0, 104.0], np.float32))[..., ::-1]
+  batch = rng.uniform(-100, 100, (3, 227, 227, 3)).astype(np.float32)
+  np.save(tmp_path / 'b.npy', batch)
+  run = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.predict', f'--checkpoint={ckpt}',
+       f'--out={tmp_path / "out.npz"}', str(tmp_path / 'b.npy'),
+       str(tmp_path / 'a.png')],
+      cwd=REPO, capture_output=True, text=True, check=True)
+  want = _logits(params, spec, np.concatenate(
+      [batch, np.ascontiguousarray(expected)[None]]))
+  with np.load(tmp_path / 'out.npz') as out:
+    np.testing.assert_allclose(out['logits'], want, rtol=1e-3,
+                               atol=1e-3 * np.abs(want).max())
+    names = list(out['inputs'])
+  assert names == [f'{tmp_path / "b.npy"}[{i}]' for i in range(3)] + [
+      str(tmp_path / 'a.png')]
+  lines = run.stdout.splitlines()
+  assert len(lines) == 4 * (1 + predict.TOP_K)
+  assert lines[-6:] == predict.top_k_lines(names[-1], want[-1], None)
+
+
+def test_torchvision_convention_divides_by_std(tmp_path):
+  pixels = np.random.default_rng(14).integers(0, 256, (256, 256, 3), np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'a.png')
+  config = convert.pretrained_config('torchvision')
+  meta = {'input': config.input.to_dict(), 'model': {'input_size': 224},
+          'dataset': 'imagenet2012'}
+  images, _ = predict.load_images([str(tmp_path / 'a.png')],
+                                  predict.eval_config(meta))
+  # torchvision: ToTensor (x / 255), Normalize(mean, std), centre 224 crop.
+  expected = ((pixels[16:240, 16:240] / 255.0 - config.input.mean_rgb) /
+              pretrained_torchvision.IMAGENET_STD_RGB)
+  np.testing.assert_allclose(images[0], expected, atol=1e-3)
+
+
+def test_predict_top5_lines():
+  logits = np.log(np.array([0.05, 0.4, 0.1, 0.2, 0.15, 0.06, 0.04]))
+  lines = predict.top_k_lines('x.jpg', logits, ['a', 'b', 'c', 'd', 'e', 'f',
+                                                'g'])
+  assert lines == ['x.jpg:', '  0.4000  1 b', '  0.2000  3 d',
+                   '  0.1500  4 e', '  0.1000  2 c', '  0.0600  5 f']
+
+
+def test_predict_rejects_wrong_npy_shape(small_caffe_checkpoint, tmp_path):
+  _, _, ckpt = small_caffe_checkpoint
+  np.save(tmp_path / 'x.npy', np.zeros((2, 224, 224, 3), np.float32))
+  with pytest.raises(ValueError, match=r'shape \(2, 224, 224, 3\), expected '
+                     r'\[N, 227, 227, 3\]'):
+    predict.predict(ckpt, [str(tmp_path / 'x.npy')])
+
+
+def test_imagenet_class_names_need_no_data():
+  names = predict.class_names('imagenet2012', 1000)
+  assert names[0] == 'n01440764' and len(names) == 1000
