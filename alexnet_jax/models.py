@@ -36,7 +36,7 @@ EXCHANGE_LAYERS = ('conv3', 'fc6', 'fc7', 'fc8')
 # Caffe feeds 227 crops unpadded.
 CONV1_PADDINGS = {'convnet': (0, 3), 'torchvision': (2, 2), 'valid': (0, 0)}
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
-INITS = ('paper', 'caffe', 'torchvision')
+INITS = ('paper', 'caffe', 'torchvision', 'he')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -69,6 +69,8 @@ class AlexNetSpec:
   # 'paper': N(0, 0.01), biases 1 in conv2/4/5, fc6/7. 'caffe': as the paper
   # but biases 0.1 and std 0.005 in fc6/7, which avoids the long plateau at
   # ln(1000). 'torchvision': PyTorch's default uniform(+-1/sqrt(fan_in)).
+  # 'he': N(0, 2/fan_in), biases 0; keeps the signal's scale through the
+  # ReLUs, so small nets leave the ln(classes) plateau at once.
   init: str = 'paper'
   dtype: str = 'float32'  # Compute dtype; parameters stay float32.
 
@@ -167,6 +169,9 @@ def _normal(std: float):
 
 def _init_for(spec: AlexNetSpec, layer: str, fan_in: int):
   """(kernel_init, bias_init) for `layer` under `spec.init`."""
+  if spec.init == 'he':
+    return (nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+            nn.initializers.zeros)
   if spec.init == 'torchvision':
     bound = fan_in ** -0.5
     uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(

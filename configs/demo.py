@@ -1,6 +1,6 @@
 """The built-in demo: the two-tower net, tower-parallel on two (simulated)
 devices, on the generated synthetic shapes. Small enough for a laptop CPU:
-112x112 crops of 128x128 images and half-width layers.
+112x112 crops of 128x128 images, narrow layers, 300 steps of 64 (6 epochs).
 """
 
 from configs import default
@@ -15,14 +15,16 @@ def get_config():
   config.model.num_classes = 10
   config.model.conv_features = (24, 64, 96, 96, 64)
   config.model.fc_features = (512, 512)
-  config.model.init = 'caffe'  # The paper's init stalls at this scale.
+  # N(0, 0.01) leaves a net this narrow at ln(10) for hundreds of steps.
+  config.model.init = 'he'
+  config.input.std_rgb = (0.229, 0.224, 0.225)
   config.batch_size = 64
   config.eval_batch_size = 100
-  config.num_train_steps = 600
+  config.num_train_steps = 300
   config.optimizer.learning_rate = 0.02
   config.optimizer.schedule = 'step'
-  config.optimizer.step_every_epochs = 10.0
-  config.eval_every_steps = 200
-  config.checkpoint_every_steps = 200
+  config.optimizer.step_every_epochs = 4.0  # lr / 10 at step 188.
+  config.eval_every_steps = 100
+  config.checkpoint_every_steps = 100
   config.log_every_steps = 20
   return config
