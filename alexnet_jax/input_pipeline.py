@@ -868,6 +868,13 @@ class _DevicePrefetcher:
     self._stop.set()
     self._thread.join()
 
+  def __enter__(self) -> '_DevicePrefetcher':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    # A thread left inside TF at interpreter exit aborts the process.
+    self.close()
+
 
 def prefetch_to_device(iterator, size: int,
                        sharding_by_key: dict) -> _DevicePrefetcher:

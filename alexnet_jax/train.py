@@ -309,7 +309,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
       window.add(*pending, mngr)
       pending = None
 
-  with _StopRequest() as stop:
+  with _StopRequest() as stop, batches:
     for step in range(first_step, num_steps):
       if stop.signal:
         flush()

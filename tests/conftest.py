@@ -62,6 +62,7 @@ def tiny_config_factory(tmp_path_factory):
     config.eval_every_steps = 4
     config.checkpoint_every_steps = 2
     config.log_every_steps = 1
+    config.eval_ten_crop = False  # Tests that need it turn it on.
     for key, value in overrides.items():
       target = config
       *parents, leaf = key.split('.')

@@ -207,14 +207,14 @@ def test_normalization_subtracts_channel_and_pixel_means():
   rng = np.random.default_rng(0)
   image = rng.random((RESIZE, RESIZE, 3), np.float32)
   mean_rgb = np.array([0.1, 0.2, 0.3], np.float32)
-  per_channel = ip._Normalization(mean_rgb, 1.0, False)
+  per_channel = ip._Normalization(mean_rgb, None, 1.0, False)
   np.testing.assert_allclose(per_channel(tf.constant(image)), image - mean_rgb,
                              atol=1e-6)
-  caffe = ip._Normalization(mean_rgb, 255.0, True)
+  caffe = ip._Normalization(mean_rgb, None, 255.0, True)
   np.testing.assert_allclose(caffe(tf.constant(image)),
                              (255 * (image - mean_rgb))[..., ::-1], rtol=1e-5)
   mean_image = rng.random((RESIZE, RESIZE, 3), np.float32)
-  per_pixel = ip._Normalization(mean_image, 1.0, False)
+  per_pixel = ip._Normalization(mean_image, None, 1.0, False)
   window = image[2:2 + CROP, 5:5 + CROP]
   eager, in_data = _both_ways(
       lambda im: per_pixel(im, tf.constant([2, 5]), CROP), tf.constant(window))
