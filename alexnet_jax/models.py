@@ -368,3 +368,34 @@ class AlexNet(nn.Module):
           logits, self._axis_index(lay.batch_axis) * local, local, 0)
     return logits.astype(jnp.float32)
 
+
+
+def layer_stats(spec: AlexNetSpec) -> list[dict[str, Any]]:
+  """Per layer, in order: towers, output per tower, params, forward MACs.
+
+  MACs are per image; a conv's are its kernel size times its output's
+  spatial size, an FC layer's its kernel size. Nothing is allocated.
+  """
+  model = AlexNet(spec)
+  image = jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3),
+                               jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x, train=False,
+                           mutable=['params', 'intermediates']), image)
+  params = variables['params']
+  (outputs,) = variables['intermediates']['layer_outputs']
+  rows = []
+  for name in LAYERS:
+    value = outputs[name]
+    if isinstance(value, list):  # Conv layers: one [B, H, W, C] per tower.
+      towers, per_tower = len(value), value[0].shape[1:]
+    else:  # FC layers: [B, towers, features].
+      towers, per_tower = value.shape[1], value.shape[2:]
+    row = {'layer': name, 'towers': towers, 'output': per_tower,
+           'params': 0, 'macs': 0}
+    if name in params:
+      kernel, bias = params[name]['kernel'], params[name]['bias']
+      row['params'] = kernel.size + bias.size
+      row['macs'] = kernel.size * math.prod(per_tower[:-1])
+    rows.append(row)
+  return rows

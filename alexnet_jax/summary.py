@@ -3,12 +3,12 @@
   python -m alexnet_jax.summary --config=configs/two_tower.py
 """
 
-import math
 from typing import Any
 
 from absl import app
 from ml_collections import config_flags
 
+from alexnet_jax import models
 from alexnet_jax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/two_tower.py',
@@ -16,35 +16,13 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/two_tower.py',
 
 
 def layer_rows(spec, strategy) -> list[dict[str, Any]]:
-  """One row per layer: output shape, parameters, forward MACs per image."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import models  # pylint: disable=g-import-not-at-top
-
-  model = models.AlexNet(spec)
-  params = parallel.abstract_params(spec)
-  image = jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3),
-                               jax.numpy.float32)
-  _, state = jax.eval_shape(
-      lambda p, x: model.apply({'params': p}, x, train=False,
-                               mutable=['intermediates']), params, image)
-  rows = []
-  (outputs,) = state['intermediates']['layer_outputs']
-  for name in models.LAYERS:
-    value = outputs[name]
-    if isinstance(value, list):  # Conv layers: one [B, H, W, C] per tower.
-      towers, per_tower = len(value), value[0].shape[1:]
-    else:  # FC layers: [B, towers, features].
-      towers, per_tower = value.shape[1], value.shape[2:]
-    row = {'layer': name, 'towers': towers, 'output': per_tower,
-           'params': 0, 'macs': 0, 'split': '-'}
-    if name in params:
-      kernel, bias = params[name]['kernel'], params[name]['bias']
-      spatial = math.prod(per_tower[:-1])  # H*W for convs, 1 for FC.
-      row['params'] = kernel.size + bias.size
-      row['macs'] = kernel.size * spatial
-      spec_axes = strategy.param_spec((name,), kernel.ndim)
-      row['split'] = ','.join(a for a in spec_axes if a) or 'replicated'
-    rows.append(row)
+  """`models.layer_stats` plus the mesh axes each layer's weights split over."""
+  rows = models.layer_stats(spec)
+  for row in rows:
+    row['split'] = '-'
+    if row['params']:
+      axes = strategy.param_spec((row['layer'],), 5)
+      row['split'] = ','.join(a for a in axes if a) or 'replicated'
   return rows
 
 

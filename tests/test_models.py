@@ -1,13 +1,16 @@
 """The network's shapes, parameter counts, MACs, LRN and configuration."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from alexnet_jax import models, parallel, summary
+from alexnet_jax import models, parallel
 from configs import default
 
 # SPEC.md section 1.
@@ -25,8 +28,7 @@ PAPER_SHAPES = {'conv1': (55, 55, 48), 'pool1': (27, 27, 48),
 
 
 def _rows(spec):
-  strategy = parallel.create_strategy('single', 1, spec, 1)
-  return {r['layer']: r for r in summary.layer_rows(spec, strategy)}
+  return {r['layer']: r for r in models.layer_stats(spec)}
 
 
 def _count(spec) -> int:
@@ -177,3 +179,16 @@ def test_unknown_model_field_is_rejected():
   config = ml_collections.ConfigDict({'variant': 'paper', 'widht': 3})
   with pytest.raises(ValueError, match=r'config\.model\.widht'):
     models.spec_from_config(config)
+
+
+def test_summary_cli_prints_exact_totals():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.summary',
+       f'--config={repo}/configs/two_tower.py'],
+      env=dict(os.environ, PYTHONPATH=repo), capture_output=True, text=True,
+      check=True).stdout.splitlines()
+  assert 'total params 60965224' in out
+  assert 'total macs 724406816' in out
+  conv1 = next(line for line in out if line.startswith('conv1'))
+  assert '2 x 55x55x48' in conv1 and conv1.rstrip().endswith('tower')

@@ -1,0 +1,165 @@
+"""Times the real compiled train step, and optionally PyTorch's, in one run.
+
+  python -m alexnet_jax.benchmark --config=configs/two_tower.py \
+      --batch_size=32 --steps=10 --reference=torch
+
+Batches are random and live on the devices already: this measures the step,
+not the input pipeline (see `benchmark_input` for that). Model FLOPs are
+6 x the forward multiply-adds of `summary` per image (forward 2, backward
+4), so MFU is comparable across implementations and modes.
+"""
+
+import statistics
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/two_tower.py', 'Experiment config.', lock_config=True)
+_BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch (default: '
+                              'config.batch_size).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps, after warm-up.')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first.')
+_REFERENCE = flags.DEFINE_enum('reference', None, ['torch'],
+                               'Also time the PyTorch reference network.')
+_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False,
+                                   'Also time torch.compile of the reference.')
+_PEAK = flags.DEFINE_float('peak_tflops', None, 'Device peak for MFU (default:'
+                           ' a table of known accelerators; none on CPU).')
+
+# Dense peak TFLOP/s per device at the compute dtype.
+KNOWN_PEAKS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.0,
+               ('NVIDIA H100 80GB HBM3', 'float32'): 67.0,
+               ('NVIDIA H200', 'bfloat16'): 989.0,
+               ('NVIDIA H200', 'float32'): 67.0}
+
+
+def time_steps(step: Callable[[], Any], steps: int, warmup: int
+               ) -> list[float]:
+  """Seconds per call of `step` (which must block until done)."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def jax_step_times(config, batch_size: int, steps: int, warmup: int
+                   ) -> list[float]:
+  """Step times of the real jitted train step of `config.mode`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import optim, parallel, train  # pylint: disable=g-import-not-at-top
+
+  spec = parallel.spec_of(config)
+  strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
+                                      batch_size)
+  with jax.set_mesh(strategy.mesh):
+    tx = optim.create_optimizer(config.optimizer,
+                                parallel.abstract_params(spec))
+    state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
+    rng = np.random.RandomState(0)
+    size = spec.input_size
+    batch = {
+        'image': jax.device_put(
+            rng.randn(batch_size, size, size, 3).astype(np.float32),
+            strategy.batch_sharding()),
+        'label': jax.device_put(
+            rng.randint(0, spec.num_classes, batch_size).astype(np.int32),
+            strategy.batch_sharding())}
+    step_fn = train.make_train_step(spec, strategy, tx, state)
+    dropout_rng = jax.random.key(1)
+    holder = [state]
+
+    def step():
+      holder[0], metrics = step_fn(holder[0], batch, 0.01, dropout_rng)
+      jax.block_until_ready(metrics)
+
+    return time_steps(step, steps, warmup)
+
+
+def torch_step_times(spec, batch_size: int, steps: int, warmup: int,
+                     compile_model: bool) -> list[float]:
+  """Step times of the same network and SGD in PyTorch (NCHW)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
+
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  model = torch_alexnet.TorchAlexNet.from_spec(spec).to(device).train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
+                        weight_decay=5e-4)
+  images = torch.randn(batch_size, 3, spec.input_size, spec.input_size,
+                       device=device)
+  labels = torch.randint(0, spec.num_classes, (batch_size,), device=device)
+  forward = torch.compile(model) if compile_model else model
+  autocast = spec.dtype == 'bfloat16'
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+      loss = torch.nn.functional.cross_entropy(forward(images), labels)
+    loss.backward()
+    opt.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
+
+  return time_steps(step, steps, warmup)
+
+
+def report(name: str, times: list[float], batch_size: int,
+           flops_per_image: float, peak_tflops: float | None,
+           devices: int) -> float:
+  median = statistics.median(times)
+  images_per_sec = batch_size / median
+  line = (f'{name:<24} median step {median * 1e3:9.1f} ms  '
+          f'{images_per_sec:9.1f} images/s  '
+          f'{flops_per_image * images_per_sec / 1e12:7.3f} model TFLOP/s')
+  if peak_tflops:
+    mfu = flops_per_image * images_per_sec / (peak_tflops * 1e12 * devices)
+    line += f'  MFU {mfu:.1%}'
+  print(line, flush=True)
+  return images_per_sec
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.request_cpu_devices(config.num_devices)
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+
+  spec = parallel.spec_of(config)
+  batch_size = _BATCH.value or config.batch_size
+  macs = sum(r['macs'] for r in models.layer_stats(spec))
+  flops_per_image = 6 * macs
+  device = jax.devices()[0]
+  peak = _PEAK.value or KNOWN_PEAKS.get((device.device_kind, spec.dtype))
+  print(f'{config.mode} mode, {config.num_devices} x {device.device_kind}, '
+        f'batch {batch_size}, {spec.input_size}px, {spec.dtype}, '
+        f'{flops_per_image / 1e9:.2f} GFLOP per training image, jax '
+        f'{jax.__version__}')
+  ours = report(f'jax {config.mode}', jax_step_times(
+      config, batch_size, _STEPS.value, _WARMUP.value), batch_size,
+                flops_per_image, peak, config.num_devices)
+  if _REFERENCE.value == 'torch':
+    import torch  # pylint: disable=g-import-not-at-top
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
+    variants = [False] + ([True] if _TORCH_COMPILE.value else [])
+    for compiled in variants:
+      name = 'torch compile' if compiled else 'torch eager'
+      theirs = report(name, torch_step_times(
+          spec, batch_size, _STEPS.value, _WARMUP.value, compiled),
+                      batch_size, flops_per_image, peak, 1)
+      print(f'ratio jax/{name.replace(" ", "_")} {ours / theirs:.2f}')
+  print(f'images_per_sec {ours:.1f}')
+
+
+if __name__ == '__main__':
+  app.run(main)
