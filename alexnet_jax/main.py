@@ -3,8 +3,20 @@
 Trains (resuming from DIR's checkpoints if any) or, with --eval_only,
 evaluates a checkpoint. Config fields can be overridden on the command line:
 `--config.batch_size=256`.
+
+Multi-host (JAX's multi-controller runtime): start the same command once per
+process with --distributed. On Cloud TPU, SLURM and Open MPI the coordinator,
+process count and process id come from the cluster environment; elsewhere
+pass --coordinator_address, --num_processes and --process_id (see
+launch/local_multiprocess.sh). Every process reads its own shard of the data
+and writes its shards of each checkpoint, so DIR must be one directory that
+all processes share (a network filesystem or a bucket); only process 0
+writes logs, metrics and DIR/config.json.
 """
 
+import math
+import os
+import secrets
 import sys
 
 from absl import app
@@ -22,8 +34,77 @@ _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'With --eval_only: a workdir, checkpoints dir or step '
     'dir (default: the latest in --workdir).')
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() (multi-host); '
-    'it reads the coordinator from the cluster environment.')
+    'distributed', False, 'Call jax.distributed.initialize() (multi-host). '
+    'Without the three flags below it reads the cluster environment '
+    '(Cloud TPU, SLURM, Open MPI; JAX_COORDINATOR_ADDRESS).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'With --distributed: host:port of process '
+    '0, reachable from every process.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --distributed: how many processes in all.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --distributed: this process, 0..num_processes-1.')
+
+
+def _initialize_distributed(jax, num_devices: int) -> None:
+  """Joins the multi-controller runtime before any backend starts.
+
+  On a CPU-only host each process simulates its share of the configured
+  devices, and cross-process collectives go over gloo (TCP).
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if _NUM_PROCESSES.value:
+    from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.request_cpu_devices(
+        math.ceil(num_devices / _NUM_PROCESSES.value))
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
+
+
+def check_shared_workdir(workdir: str) -> None:
+  """Fails on every process unless all of them see the same `workdir`.
+
+  Orbax writes each process's shards of a checkpoint into the workdir, so a
+  directory that is local to each host gives checkpoints no process can
+  restore. Process 0 writes a marker with a fresh token; after a barrier
+  every process looks for it, and all learn whether any could not.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  token = int(multihost_utils.broadcast_one_to_all(
+      np.int64(secrets.randbits(62))))
+  marker = os.path.join(workdir, '.shared_workdir_check')
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(marker, 'w') as f:
+      f.write(str(token))
+  multihost_utils.sync_global_devices('alexnet_jax: marker written')
+  try:
+    with open(marker) as f:
+      sees = f.read() == str(token)
+  except OSError:
+    sees = False
+  blind = np.flatnonzero(~multihost_utils.process_allgather(np.array(sees)))
+  if jax.process_index() == 0:
+    os.remove(marker)
+  if blind.size:
+    raise FileNotFoundError(
+        f'--workdir: processes {blind.tolist()} cannot see {marker}, written '
+        f'by process 0; multi-host runs need a workdir that every process '
+        f'shares (checkpoints are written by all of them)')
+
+
+def _write_config(config, workdir: str) -> None:
+  """DIR/config.json (process 0): what the report reads back."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  except OSError as error:
+    raise ValueError(f'--workdir: {workdir} is not writable '
+                     f'({error.strerror})') from None
 
 
 def main(argv):
@@ -31,21 +112,30 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   # Decide devices before JAX initialises; TF must never claim a GPU.
-  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.request_cpu_devices(config.num_devices)
   import jax  # pylint: disable=g-import-not-at-top
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # Recompile only once.
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.expanduser('~/.cache/alexnet_jax/xla'))
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    _initialize_distributed(jax, config.num_devices)
+  else:
+    from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.request_cpu_devices(config.num_devices)
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   try:
+    if jax.process_count() > 1 and _WORKDIR.value:
+      check_shared_workdir(_WORKDIR.value)
     if _EVAL_ONLY.value:
       train.evaluate_checkpoint(config, _CHECKPOINT.value or _WORKDIR.value,
                                 _WORKDIR.value)
     else:
+      if jax.process_index() == 0 and _WORKDIR.value:
+        _write_config(config, _WORKDIR.value)
       train.train_and_evaluate(config, _WORKDIR.value)
-  except (FileNotFoundError, FloatingPointError) as error:
+  except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    logging.debug('full traceback', exc_info=True)  # Shown with -v=1.
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
 

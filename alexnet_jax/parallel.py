@@ -60,6 +60,21 @@ class Strategy:
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
 
+  def process_batch_shard(self) -> tuple[int, int]:
+    """(index, count): the slice of every global batch this process loads.
+
+    Processes whose devices hold the same rows load the same examples: in
+    mode tower on two hosts both towers need the whole batch, so the input
+    must be sharded by data shard, not by process.
+    """
+    rows = sorted({index[0].start or 0 for index in
+                   self.batch_sharding().addressable_devices_indices_map(
+                       (self.data_shards,)).values()})
+    if rows != list(range(rows[0], rows[0] + len(rows))):
+      raise ValueError(f'config.mode: process {jax.process_index()} holds '
+                       f'non-contiguous batch shards {rows}')
+    return rows[0] // len(rows), self.data_shards // len(rows)
+
   def param_spec(self, path: tuple[str, ...], ndim: int) -> P:
     """Towers split on axis 0; FC output features on the last axis."""
     dims = [None] * ndim

@@ -1,0 +1,172 @@
+"""Compares training runs side by side: a Markdown table and plots.
+
+  python -m alexnet_jax.report DIR [DIR ...] --out REPORT_DIR [--intro TEXT]
+
+Each DIR is a workdir of `alexnet_jax.main`: `metrics.jsonl` and
+`config.json` (both written by process 0), and optionally `cost.json` from
+`python -m alexnet_jax.cost --json_out` (communication and memory per
+device, which training itself does not measure). Writes REPORT_DIR/README.md
+and three PNGs: eval error against step and against training wall time
+(evaluation excluded), and training throughput.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+from typing import Any
+
+from absl import app
+from absl import flags
+
+ERROR = 'eval/top1_error'
+
+
+@dataclasses.dataclass
+class Run:
+  """One workdir's figures."""
+  name: str
+  config: dict[str, Any]
+  lines: list[dict[str, Any]]
+  cost: dict[str, Any] | None
+
+  def train_lines(self) -> list[dict[str, Any]]:
+    return [line for line in self.lines if 'train/loss' in line]
+
+  def eval_lines(self) -> list[dict[str, Any]]:
+    return [line for line in self.lines if ERROR in line]
+
+  def images_per_sec(self) -> float | None:
+    """Median over the logged windows, the first (compilation) excluded."""
+    rates = [line['perf/images_per_sec'] for line in self.train_lines()[1:]]
+    return statistics.median(rates) if rates else None
+
+  def wall_time_at(self) -> dict[int, float]:
+    """Step -> seconds of training so far (evaluation time excluded)."""
+    elapsed, last, out = 0.0, 0, {}
+    for line in self.train_lines():
+      elapsed += line['perf/step_time'] * (line['step'] - last)
+      last = line['step']
+      out[last] = elapsed
+    return out
+
+  def measured(self, key: str) -> float | None:
+    return (self.cost or {}).get('measured', {}).get(key)
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_run(workdir: str) -> Run:
+  """Reads one workdir; fails with the path when a required file is gone."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  config = _read_json(os.path.join(workdir, 'config.json'))
+  cost_path = os.path.join(workdir, 'cost.json')
+  cost = _read_json(cost_path) if os.path.exists(cost_path) else None
+  return Run(os.path.basename(os.path.normpath(workdir)), config, lines, cost)
+
+
+def _num(value: float | None, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def _mib(value: float | None) -> str:
+  return '-' if value is None else f'{value / 2**20:,.1f}'
+
+
+def table(runs: list[Run]) -> str:
+  """The Markdown comparison table, one row per run."""
+  header = ('| run | mode | devices | batch | images/s | final top-1 err | '
+            'best top-1 err | final top-5 err | collective MiB/step | '
+            'peak MiB/device |')
+  rows = [header, '|' + '---|' * header.count(' | ') + '---|']
+  for run in runs:
+    evals = run.eval_lines()
+    final = evals[-1] if evals else {}
+    best = min((line[ERROR] for line in evals), default=None)
+    rows.append(
+        f'| {run.name} | {run.config["mode"]} | {run.config["num_devices"]} '
+        f'| {run.config["batch_size"]} | {_num(run.images_per_sec(), ".1f")} '
+        f'| {_num(final.get(ERROR), ".3f")} | {_num(best, ".3f")} '
+        f'| {_num(final.get("eval/top5_error"), ".3f")} '
+        f'| {_mib(run.measured("collective_bytes"))} '
+        f'| {_mib(run.measured("peak_memory_bytes"))} |')
+  return '\n'.join(rows)
+
+
+def plot(runs: list[Run], out_dir: str) -> list[str]:
+  """Writes the PNGs; returns their file names."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  files = []
+  for name, xlabel, x_of in (
+      ('eval_error_vs_step.png', 'training step', lambda run, s: s),
+      ('eval_error_vs_time.png', 'training wall time, s (eval excluded)',
+       lambda run, s: run.wall_time_at().get(s))):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.get_cmap('tab20').colors)
+    for run in runs:
+      points = [(x_of(run, line['step']), line[ERROR])
+                for line in run.eval_lines()]
+      points = [(x, y) for x, y in points if x is not None]
+      if points:
+        ax.plot(*zip(*points), marker='o', label=run.name)
+    ax.set(xlabel=xlabel, ylabel='eval top-1 error')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=100)
+    plt.close(fig)
+    files.append(name)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  names = [run.name for run in runs]
+  ax.barh(names, [run.images_per_sec() or 0 for run in runs])
+  ax.set(xlabel='training images/s (median over logged windows)')
+  ax.invert_yaxis()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, 'images_per_sec.png'), dpi=100)
+  plt.close(fig)
+  return files + ['images_per_sec.png']
+
+
+def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
+  """Writes README.md and the plots into `out_dir`; returns the Markdown."""
+  runs = [load_run(w) for w in workdirs]
+  os.makedirs(out_dir, exist_ok=True)
+  images = plot(runs, out_dir)
+  text = '\n\n'.join(
+      ['# Training runs side by side', *([intro] if intro else []),
+       table(runs),
+       'images/s: median of the logged training windows after the first. '
+       'Errors: center crop on the validation split. Collective bytes: '
+       'received per device per step (ring algorithms), and peak memory per '
+       'device, both read from the compiled train step by '
+       '`python -m alexnet_jax.cost` (cost.json).',
+       *[f'![{name[:-4]}]({name})' for name in images]]) + '\n'
+  with open(os.path.join(out_dir, 'README.md'), 'w') as f:
+    f.write(text)
+  return text
+
+
+def _define_flags() -> dict[str, Any]:
+  """Defined only when run as a program (see alexnet_jax/cost.py)."""
+  return {'out': flags.DEFINE_string('out', None, 'Report directory.'),
+          'intro': flags.DEFINE_string(
+              'intro', '', 'A paragraph to put above the table.')}
+
+
+def main(argv, flag: dict[str, Any]) -> None:
+  if len(argv) < 2:
+    raise app.UsageError('give at least one workdir')
+  print(write_report(argv[1:], flag['out'].value, flag['intro'].value))
+
+
+if __name__ == '__main__':
+  _FLAGS = _define_flags()
+  flags.mark_flags_as_required(['out'])
+  app.run(lambda argv: main(argv, _FLAGS))

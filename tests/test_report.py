@@ -1,0 +1,64 @@
+"""The report reads workdirs as main and the cost tool write them."""
+
+import json
+import os
+import subprocess
+import sys
+
+from alexnet_jax import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _workdir(path, mode, devices, errors, rates, cost=True):
+  """A workdir with 2 train lines per eval, 10 steps of 0.5 s apart."""
+  path.mkdir()
+  (path / 'config.json').write_text(json.dumps(
+      {'mode': mode, 'num_devices': devices, 'batch_size': 64}))
+  lines = []
+  for i, (error, rate) in enumerate(zip(errors, rates)):
+    step = 10 * (i + 1)
+    lines.append({'step': step, 'train/loss': 1.0, 'perf/step_time': 0.5,
+                  'perf/images_per_sec': rate})
+    lines.append({'step': step, 'eval/top1_error': error,
+                  'eval/top5_error': error / 2})
+  (path / 'metrics.jsonl').write_text(
+      '\n'.join(json.dumps(line) for line in lines) + '\n')
+  if cost:
+    (path / 'cost.json').write_text(json.dumps({'measured': {
+        'collective_bytes': 3 * 2**20, 'peak_memory_bytes': 5 * 2**20}}))
+  return str(path)
+
+
+def test_table_and_plots(tmp_path):
+  runs = [_workdir(tmp_path / 'tower', 'tower', 2, [0.9, 0.5, 0.6],
+                   [1000, 80, 100]),
+          _workdir(tmp_path / 'data', 'data', 2, [0.8, 0.7], [5, 50],
+                   cost=False)]
+  text = report.write_report(runs, str(tmp_path / 'out'), intro='Hello.')
+  rows = {line.split(' | ')[0]: line.split(' | ')
+          for line in text.splitlines() if line.startswith('| ')}
+  # name, mode, devices, batch, images/s, final, best, top-5, MiB, MiB.
+  assert rows['| tower'][1:] == ['tower', '2', '64', '90.0', '0.600',
+                                 '0.500', '0.300', '3.0', '5.0 |']
+  assert rows['| data'][4:7] == ['50.0', '0.700', '0.700']
+  assert rows['| data'][8:] == ['-', '- |']
+  assert 'Hello.' in text
+  for name in ('eval_error_vs_step.png', 'eval_error_vs_time.png',
+               'images_per_sec.png'):
+    assert (tmp_path / 'out' / name).read_bytes()[:4] == b'\x89PNG'
+    assert f'({name})' in text
+
+
+def test_wall_time_excludes_evaluation(tmp_path):
+  run = report.load_run(_workdir(tmp_path / 'r', 'data', 2, [0.5, 0.4],
+                                 [10, 10]))
+  assert run.wall_time_at() == {10: 5.0, 20: 10.0}
+
+
+def test_cli(tmp_path):
+  run = _workdir(tmp_path / 'r', 'single', 1, [0.5], [10])
+  subprocess.run([sys.executable, '-m', 'alexnet_jax.report', run,
+                  f'--out={tmp_path}/out'], check=True, capture_output=True,
+                 env=dict(os.environ, PYTHONPATH=REPO))
+  assert '| r | single |' in (tmp_path / 'out' / 'README.md').read_text()
