@@ -161,7 +161,13 @@ def local_response_norm(x: jax.Array, *, k: float, n: int, alpha: float,
   padded = jnp.pad(squares, [(0, 0)] * (x.ndim - 1) + [(half, half)])
   channels = x.shape[-1]
   window_sum = sum(padded[..., i:i + channels] for i in range(n))
-  return (x / (k + alpha * window_sum) ** beta).astype(x.dtype)
+  denominator = k + alpha * window_sum
+  if beta == 0.75:  # d^-3/4 = d^-1/2 * d^-1/4: two rsqrts beat a pow.
+    inv = jax.lax.rsqrt(denominator)
+    scale = inv * jnp.sqrt(inv)
+  else:
+    scale = denominator ** -beta
+  return (x * scale).astype(x.dtype)
 
 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int,
@@ -231,6 +237,26 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
   return _conv(x, kernel, stride, padding)
 
 
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """VALID max pooling over H and W as a maximum of strided slices.
+
+  The same values as `nn.max_pool`; its gradient is elementwise selects,
+  which XLA:CPU runs about twice as fast as reduce_window's
+  select-and-scatter (measured at conv1's output, batch 32).
+  """
+  n, h, w, c = x.shape
+  oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      tap = jax.lax.slice(x, (0, i, j, 0),
+                          (n, i + stride * (oh - 1) + 1,
+                           j + stride * (ow - 1) + 1, c),
+                          (1, stride, stride, 1))
+      out = tap if out is None else jnp.maximum(out, tap)
+  return out
+
+
 def _normal(std: float):
   return nn.initializers.normal(stddev=std)
 
@@ -284,13 +310,23 @@ class AlexNet(nn.Module):
 
   def _conv(self, name: str, xs: list[jax.Array], features: int,
             kernel_size: int, stride: int, padding) -> list[jax.Array]:
-    """One conv per local tower; tower t reads xs[t] (xs may be shared)."""
+    """One conv per local tower; tower t reads xs[t].
+
+    Where every tower reads the same input (conv1, conv3) the towers'
+    kernels run as one convolution with all their outputs, which is the
+    same function and uses the hardware better than several narrow ones.
+    """
     kernel, bias = self._weights(
         name, (kernel_size, kernel_size, xs[0].shape[-1]), features)
     dtype = DTYPES[self.spec.dtype]
+    kernel, bias = kernel.astype(dtype), bias.astype(dtype)
     padding = tuple(tuple(p) for p in padding)
-    return [conv2d(x, kernel[t].astype(dtype), stride, padding)
-            + bias[t].astype(dtype) for t, x in enumerate(xs)]
+    if len(xs) > 1 and all(x is xs[0] for x in xs):
+      stacked = jnp.concatenate(list(kernel), axis=-1)
+      y = conv2d(xs[0], stacked, stride, padding) + bias.reshape(-1)
+      return jnp.split(y, len(xs), axis=-1)
+    return [conv2d(x, kernel[t], stride, padding) + bias[t]
+            for t, x in enumerate(xs)]
 
   def _gather_towers(self, xs: list[jax.Array], invariant=False) -> jax.Array:
     """Every tower's activations, concatenated on the channel axis."""
@@ -322,8 +358,7 @@ class AlexNet(nn.Module):
 
   def _pool(self, xs: list[jax.Array]) -> list[jax.Array]:
     s = self.spec
-    return [nn.max_pool(x, (s.pool_window,) * 2, (s.pool_stride,) * 2)
-            for x in xs]
+    return [max_pool(x, s.pool_window, s.pool_stride) for x in xs]
 
   def _dropout(self, x: jax.Array, train: bool, global_batch_offset,
                sharded: bool = True) -> jax.Array:
