@@ -1,0 +1,87 @@
+"""What the compiled train step must contain, read from its HLO.
+
+Regression checks for the performance choices (not timings, which are noisy
+on shared machines): no grouped convolutions, no select-and-scatter, and on
+the CPU no convolution computing a kernel gradient. And bf16 compute keeps
+the loss on the float32 run's track.
+"""
+
+import dataclasses
+import json
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import hlo, optim, parallel, train
+from configs import default
+
+BATCH = 8
+
+
+def _compiled_step_text(spec, mode, devices):
+  strategy = parallel.create_strategy(mode, devices, spec, BATCH)
+  with jax.set_mesh(strategy.mesh):
+    tx = optim.create_optimizer(default.get_config().optimizer,
+                                parallel.abstract_params(spec))
+    state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
+    step = train.make_train_step(spec, strategy, tx, state)
+    size = spec.input_size
+    batch = {'image': jax.ShapeDtypeStruct((BATCH, size, size, 3),
+                                           np.float32,
+                                           sharding=strategy.batch_sharding()),
+             'label': jax.ShapeDtypeStruct((BATCH,), np.int32,
+                                           sharding=strategy.batch_sharding())}
+    return step.lower(state, batch, 0.01, jax.random.key(1)).compile(
+    ).as_text()
+
+
+@pytest.mark.parametrize('mode,devices', [('single', 1), ('tower', 2),
+                                          ('data', 2), ('hybrid', 2)])
+def test_step_has_the_ops_it_should(small_spec, mode, devices):
+  text = _compiled_step_text(small_spec, mode, devices)
+  convolutions = re.findall(r'= \S+ convolution\(.*', text)
+  assert convolutions
+  assert not any('feature_group_count' in c for c in convolutions)
+  assert 'select-and-scatter' not in text
+  # Forward: conv1 and conv3 once per device (their towers share an input),
+  # conv2/4/5 once per local tower; backward: input gradients of conv2-5.
+  # Kernel gradients are im2col dots on the CPU, never convolutions.
+  towers = small_spec.num_towers // (2 if mode == 'tower' else 1)
+  assert len(convolutions) == (2 + 3 * towers) + (1 + 3 * towers)
+  kinds = {op.kind for op in hlo.collectives(text)}
+  expected = {'single': set(), 'tower': {'all-gather', 'reduce-scatter'},
+              'data': {'all-reduce', 'all-gather'},
+              'hybrid': {'all-reduce', 'all-gather', 'reduce-scatter'}}[mode]
+  assert kinds <= expected and ('all-reduce' in kinds) == (mode in (
+      'data', 'hybrid'))
+
+
+def test_bfloat16_loss_tracks_float32(tiny_config_factory, tmp_path):
+  """bf16 compute, f32 weights and loss: within 0.05 nats over 6 steps."""
+  losses = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = tiny_config_factory(mode='tower', num_devices=2,
+                                 num_train_steps=6, eval_every_steps=100,
+                                 checkpoint_every_steps=100)
+    config.model.dtype = dtype
+    train.train_and_evaluate(config, str(tmp_path / dtype))
+    with open(os.path.join(tmp_path, dtype, 'metrics.jsonl')) as f:
+      losses[dtype] = [json.loads(line)['train/loss'] for line in f
+                       if 'train/loss' in line]
+  assert len(losses['float32']) == 6
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], atol=0.05)
+  assert losses['bfloat16'] != losses['float32']  # bf16 really was used.
+
+
+def test_bfloat16_keeps_float32_parameters(small_spec):
+  spec = dataclasses.replace(small_spec, dtype='bfloat16')
+  strategy = parallel.create_strategy('single', 1, spec, BATCH)
+  params = parallel.init_params(spec, strategy, jax.random.key(0))
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype('float32')}
+  logits = parallel.make_apply(spec, strategy, params, train=False)(
+      params, np.zeros((2, spec.input_size, spec.input_size, 3), np.float32),
+      None)
+  assert logits.dtype == np.float32
