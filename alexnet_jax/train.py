@@ -202,6 +202,17 @@ def _gather_over_processes(state: dict[str, int]) -> list[dict[str, int]]:
   return [dict(zip(keys, map(int, row))) for row in rows]
 
 
+def _skipped_in_all_shards(state: dict[str, int],
+                           strategy: parallel.Strategy) -> int:
+  """Undecodable files skipped so far, each input shard counted once.
+
+  Processes that hold the same batch rows read (and skip) the same files.
+  """
+  readers_per_shard = jax.process_count() // strategy.process_batch_shard()[1]
+  return sum(s['num_skipped'] for s in _gather_over_processes(state)
+             ) // readers_per_shard
+
+
 def _restore_data_position(train_iter, states: list[dict[str, int]]) -> None:
   """Each process continues from its own position, when the count matches."""
   if len(states) != jax.process_count():
@@ -332,9 +343,8 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
         per_step, eta = progress.report(done)
         summary = window.summary(per_step, config.batch_size)
         summary.update({'train/learning_rate': learning_rate,
-                        'data/skipped_train': sum(
-                            s['num_skipped'] for s in
-                            _gather_over_processes(data_state))})
+                        'data/skipped_train': _skipped_in_all_shards(
+                            data_state, strategy)})
         writer.write(done, summary)
         logs.console(
             f'step {done}/{num_steps}  loss {summary["train/loss"]:.4f}  '
