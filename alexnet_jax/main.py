@@ -110,6 +110,9 @@ def _write_config(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not (_WORKDIR.value or (_EVAL_ONLY.value and _CHECKPOINT.value)):
+    raise app.UsageError('--workdir is required (or --eval_only with '
+                         '--checkpoint)')
   config = _CONFIG.value
   # Decide devices before JAX initialises; TF must never claim a GPU.
   import jax  # pylint: disable=g-import-not-at-top
