@@ -9,6 +9,7 @@ from ml_collections import config_dict
 
 # ImageNet RGB statistics on the [0, 1] pixel scale (SPEC.md section 2).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)  # What torchvision divides by.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),

@@ -17,7 +17,7 @@ def get_config():
   config.model.fc_features = (512, 512)
   # N(0, 0.01) leaves a net this narrow at ln(10) for hundreds of steps.
   config.model.init = 'he'
-  config.input.std_rgb = (0.229, 0.224, 0.225)
+  config.input.std_rgb = default.IMAGENET_STD_RGB
   config.batch_size = 64
   config.eval_batch_size = 100
   config.num_train_steps = 400

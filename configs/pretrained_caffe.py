@@ -23,15 +23,10 @@ CAFFE_MEAN_RGB = tuple(v / 255.0 for v in CAFFE_MEAN_BGR[::-1])
 
 def get_config():
   config = default.get_config()
-  config.dataset = 'imagenet2012'
   config.model.variant = 'caffe'
-  config.model.num_classes = 1000
   config.input.channel_order = 'BGR'
   config.input.value_scale = 255.0
-  config.input.mean_subtraction = 'channel'
   config.input.mean_rgb = CAFFE_MEAN_RGB
-  config.input.std_rgb = None
-  config.input.resize_size = 256
   # Both towers on one device; --config.mode=tower --config.num_devices=2
   # splits them as the paper did.
   config.mode = 'single'

@@ -13,20 +13,11 @@ ImageNet std; shorter side 256, centre 224 crop. torchvision reports 43.48%
 
 from configs import default
 
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-
 
 def get_config():
   config = default.get_config()
-  config.dataset = 'imagenet2012'
   config.model.variant = 'owt'
-  config.model.num_classes = 1000
-  config.input.channel_order = 'RGB'
-  config.input.value_scale = 1.0
-  config.input.mean_subtraction = 'channel'
-  config.input.mean_rgb = default.IMAGENET_MEAN_RGB
-  config.input.std_rgb = IMAGENET_STD_RGB
-  config.input.resize_size = 256
+  config.input.std_rgb = default.IMAGENET_STD_RGB
   # One tower fits one device; any mode restores the same checkpoint.
   config.mode = 'single'
   config.num_devices = 1

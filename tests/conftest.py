@@ -63,12 +63,7 @@ def tiny_config_factory(tmp_path_factory):
     config.checkpoint_every_steps = 2
     config.log_every_steps = 1
     config.eval_ten_crop = False  # Tests that need it turn it on.
-    for key, value in overrides.items():
-      target = config
-      *parents, leaf = key.split('.')
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
   return make

@@ -26,8 +26,8 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import predict
 from alexnet_jax import train
+from configs import default
 from configs import pretrained_caffe
-from configs import pretrained_torchvision
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(input_size=67, conv_features=(8, 16, 24, 24, 16),
@@ -446,7 +446,7 @@ def test_torchvision_convention_divides_by_std(tmp_path):
                                   predict.eval_config(meta))
   # torchvision: ToTensor (x / 255), Normalize(mean, std), centre 224 crop.
   expected = ((pixels[16:240, 16:240] / 255.0 - config.input.mean_rgb) /
-              pretrained_torchvision.IMAGENET_STD_RGB)
+              default.IMAGENET_STD_RGB)
   np.testing.assert_allclose(images[0], expected, atol=1e-3)
 
 

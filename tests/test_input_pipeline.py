@@ -23,12 +23,7 @@ def _config(dataset: str, **overrides):
   config.input.prefetch_batches = 1
   config.batch_size = 4
   config.eval_batch_size = 4
-  for key, value in overrides.items():
-    target = config
-    *path, name = key.split('.')
-    for p in path:
-      target = target[p]
-    target[name] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
