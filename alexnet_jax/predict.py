@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 from alexnet_jax import convert
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
+from alexnet_jax import parallel
 from configs import default
 
 TOP_K = 5
@@ -90,7 +91,8 @@ def logits_of(params: Any, spec: models.AlexNetSpec,
               images: np.ndarray) -> np.ndarray:
   """The model's logits for `images`, in batches of `_BATCH`, on one device."""
   model = models.AlexNet(spec)
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False),
+                  compiler_options=parallel.compiler_options())
   return np.concatenate([np.asarray(apply(params, images[i:i + _BATCH]))
                          for i in range(0, len(images), _BATCH)])
 

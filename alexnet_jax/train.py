@@ -88,7 +88,7 @@ def make_train_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
       in_shardings=(state_sh, {'image': batch_sh, 'label': batch_sh},
                     strategy.replicated(), strategy.replicated()),
       out_shardings=(state_sh, strategy.replicated()),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=parallel.compiler_options())
 
 
 def make_eval_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
@@ -117,7 +117,8 @@ def make_eval_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
   return jax.jit(eval_step, in_shardings=(
       _shardings(params), {'image': batch_sh, 'label': batch_sh,
                            'mask': batch_sh}),
-                 out_shardings=strategy.replicated())
+                 out_shardings=strategy.replicated(),
+                 compiler_options=parallel.compiler_options())
 
 
 def evaluate(config: Any, strategy: parallel.Strategy, eval_steps: dict,

@@ -1,9 +1,9 @@
 """What the compiled train step must contain, read from its HLO.
 
 Regression checks for the performance choices (not timings, which are noisy
-on shared machines): no grouped convolutions, no select-and-scatter, and on
-the CPU no convolution computing a kernel gradient. And bf16 compute keeps
-the loss on the float32 run's track.
+on shared machines): no grouped convolutions, no select-and-scatter, FC
+kernels used in place, and on the CPU every convolution left to XLA rather
+than YNNPACK. And bf16 compute keeps the loss on the float32 run's track.
 """
 
 import dataclasses
@@ -38,6 +38,16 @@ def _compiled_step_text(spec, mode, devices):
     ).as_text()
 
 
+def _library_fused_convolutions(text: str) -> set[str]:
+  """Convolutions that XLA handed to a kernel library (YNNPACK, oneDNN)."""
+  computations = re.split(r'\n(?=\S)', text)
+  with_convolution = {re.match(r'%?(\S+)', c).group(1) for c in computations
+                      if re.search(r'= \S+ convolution\(', c)}
+  library_calls = set(re.findall(
+      r'kind=kCustom, calls=%(\S+?),.*"kind":"__(?:ynn|xnn|onednn)', text))
+  return with_convolution & library_calls
+
+
 @pytest.mark.parametrize('mode,devices', [('single', 1), ('tower', 2),
                                           ('data', 2), ('hybrid', 2)])
 def test_step_has_the_ops_it_should(small_spec, mode, devices):
@@ -46,11 +56,15 @@ def test_step_has_the_ops_it_should(small_spec, mode, devices):
   assert convolutions
   assert not any('feature_group_count' in c for c in convolutions)
   assert 'select-and-scatter' not in text
-  # Forward: conv1 and conv3 once per device (their towers share an input),
-  # conv2/4/5 once per local tower; backward: input gradients of conv2-5.
-  # Kernel gradients are im2col dots on the CPU, never convolutions.
+  # Forward and kernel gradients: conv1 and conv3 once per device (their
+  # towers share an input), conv2/4/5 once per local tower; input gradients
+  # of conv2-5.
   towers = small_spec.num_towers // (2 if mode == 'tower' else 1)
-  assert len(convolutions) == (2 + 3 * towers) + (1 + 3 * towers)
+  assert len(convolutions) == 2 * (2 + 3 * towers) + (1 + 3 * towers)
+  assert not _library_fused_convolutions(text)
+  # FC kernels are used in place: copying them (a transposed layout for the
+  # matmul) once tripled the cost of fc6's update on the CPU.
+  assert not re.findall(r'%copy\S* = .*fc[678]\S*kernel', text)
   kinds = {op.kind for op in hlo.collectives(text)}
   expected = {'single': set(), 'tower': {'all-gather', 'reduce-scatter'},
               'data': {'all-reduce', 'all-gather'},
