@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -125,6 +126,33 @@ def test_lrn_matches_formula(alpha_over_n):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
   other = _lrn_reference(x, 2.0, 5, 1e-4, 0.75, not alpha_over_n)
   assert not np.allclose(np.asarray(got), other, rtol=1e-3)
+
+
+@pytest.mark.parametrize('beta', [0.75, 0.5])
+def test_lrn_gradient_matches_autodiff_of_formula(beta):
+  """The closed-form backward pass against differentiating the formula."""
+  rng = np.random.RandomState(1)
+  x = rng.randn(2, 3, 3, 7).astype(np.float32) * 30
+  cotangent = rng.randn(*x.shape).astype(np.float32)
+
+  def formula(x):  # One channel at a time, as in _lrn_reference.
+    a, channels = 1e-4 / 5, x.shape[-1]
+    return jnp.stack([
+        x[..., i] / (2.0 + a * jnp.sum(
+            x[..., max(0, i - 2):i + 3] ** 2, -1)) ** beta
+        for i in range(channels)], -1)
+
+  def ours(x):
+    return models.local_response_norm(x, k=2.0, n=5, alpha=1e-4, beta=beta,
+                                      alpha_over_n=True)
+
+  want = jax.vjp(formula, x)[1](cotangent)[0]
+  got = jax.vjp(ours, x)[1](cotangent)[0]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4,
+                             atol=1e-6)
+  # The cross-channel term matters at this scale: dropping it is caught.
+  assert not np.allclose(np.asarray(want), cotangent * np.asarray(
+      ours(x) / x), rtol=1e-3)
 
 
 def _init(spec):
