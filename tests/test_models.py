@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -153,6 +154,37 @@ def test_lrn_gradient_matches_autodiff_of_formula(beta):
   # The cross-channel term matters at this scale: dropping it is caught.
   assert not np.allclose(np.asarray(want), cotangent * np.asarray(
       ours(x) / x), rtol=1e-3)
+
+
+def _first_max_pool_grad(x, g, window, stride):
+  """Max pooling's gradient, one window at a time: all to the first maximum
+  in row-major order, as cuDNN and PyTorch route it."""
+  dx = np.zeros_like(x)
+  n, h, w, c = x.shape
+  for a in range((h - window) // stride + 1):
+    for b in range((w - window) // stride + 1):
+      win = x[:, a * stride:a * stride + window,
+              b * stride:b * stride + window].reshape(n, -1, c)
+      first = win.argmax(1)  # [n, c]: the first maximum in the window.
+      for k in range(window * window):
+        dx[:, a * stride + k // window, b * stride + k % window] += np.where(
+            first == k, g[:, a, b], 0)
+  return dx
+
+
+@pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1), (2, 3)])
+def test_max_pool_values_and_gradient(window, stride):
+  rng = np.random.RandomState(0)
+  # ReLU-like input with ties, and a window of equal maxima.
+  x = np.maximum(rng.randn(2, 11, 11, 3), 0).astype(np.float32)
+  x[0, :3, :3, 0] = 1.0
+  got, vjp = jax.vjp(lambda x: models.max_pool(x, window, stride), x)
+  want = nn.max_pool(x, (window, window), (stride, stride), 'VALID')
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  g = rng.randn(*got.shape).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(vjp(g)[0]),
+                             _first_max_pool_grad(x, g, window, stride),
+                             rtol=1e-5, atol=1e-6)
 
 
 def _init(spec):
