@@ -37,22 +37,28 @@ KNOWN_PEAKS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.0,
                ('NVIDIA H200', 'float32'): 67.0}
 
 
-def time_steps(step: Callable[[], Any], steps: int, warmup: int
-               ) -> list[float]:
-  """Seconds per call of `step` (which must block until done)."""
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
+def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
+                     warmup: int) -> dict[str, list[float]]:
+  """Seconds per call of each step (which must block until done).
+
+  The steps take turns, one call each per round, so a machine whose speed
+  drifts (shared hosts, thermal limits) slows every contender alike and
+  their ratio stays meaningful.
+  """
+  for step in steps.values():
+    for _ in range(warmup):
+      step()
+  times = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
   return times
 
 
-def jax_step_times(config, batch_size: int, steps: int, warmup: int
-                   ) -> list[float]:
-  """Step times of the real jitted train step of `config.mode`."""
+def jax_train_step(config, batch_size: int) -> Callable[[], None]:
+  """One call of the real jitted train step of `config.mode`, blocking."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim, parallel, train  # pylint: disable=g-import-not-at-top
@@ -74,19 +80,20 @@ def jax_step_times(config, batch_size: int, steps: int, warmup: int
             rng.randint(0, spec.num_classes, batch_size).astype(np.int32),
             strategy.batch_sharding())}
     step_fn = train.make_train_step(spec, strategy, tx, state)
-    dropout_rng = jax.random.key(1)
-    holder = [state]
+  dropout_rng = jax.random.key(1)
+  holder = [state]
 
-    def step():
+  def step():
+    with jax.set_mesh(strategy.mesh):
       holder[0], metrics = step_fn(holder[0], batch, 0.01, dropout_rng)
-      jax.block_until_ready(metrics)
+    jax.block_until_ready(metrics)
 
-    return time_steps(step, steps, warmup)
+  return step
 
 
-def torch_step_times(spec, batch_size: int, steps: int, warmup: int,
-                     compile_model: bool) -> list[float]:
-  """Step times of the same network and SGD in PyTorch (NCHW)."""
+def torch_train_step(spec, batch_size: int,
+                     compile_model: bool) -> Callable[[], None]:
+  """One step of the same network and SGD in PyTorch (NCHW), blocking."""
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
 
@@ -109,7 +116,7 @@ def torch_step_times(spec, batch_size: int, steps: int, warmup: int,
     if device == 'cuda':
       torch.cuda.synchronize()
 
-  return time_steps(step, steps, warmup)
+  return step
 
 
 def report(name: str, times: list[float], batch_size: int,
@@ -145,19 +152,20 @@ def main(argv):
         f'batch {batch_size}, {spec.input_size}px, {spec.dtype}, '
         f'{flops_per_image / 1e9:.2f} GFLOP per training image, jax '
         f'{jax.__version__}')
-  ours = report(f'jax {config.mode}', jax_step_times(
-      config, batch_size, _STEPS.value, _WARMUP.value), batch_size,
-                flops_per_image, peak, config.num_devices)
+  steps = {f'jax {config.mode}': jax_train_step(config, batch_size)}
   if _REFERENCE.value == 'torch':
     import torch  # pylint: disable=g-import-not-at-top
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
-    variants = [False] + ([True] if _TORCH_COMPILE.value else [])
-    for compiled in variants:
-      name = 'torch compile' if compiled else 'torch eager'
-      theirs = report(name, torch_step_times(
-          spec, batch_size, _STEPS.value, _WARMUP.value, compiled),
-                      batch_size, flops_per_image, peak, 1)
-      print(f'ratio jax/{name.replace(" ", "_")} {ours / theirs:.2f}')
+    steps['torch eager'] = torch_train_step(spec, batch_size, False)
+    if _TORCH_COMPILE.value:
+      steps['torch compile'] = torch_train_step(spec, batch_size, True)
+  times = time_interleaved(steps, _STEPS.value, _WARMUP.value)
+  rates = {name: report(name, t, batch_size, flops_per_image, peak,
+                        config.num_devices if name.startswith('jax') else 1)
+           for name, t in times.items()}
+  ours = rates.pop(f'jax {config.mode}')
+  for name, theirs in rates.items():
+    print(f'ratio jax/{name.replace(" ", "_")} {ours / theirs:.2f}')
   print(f'images_per_sec {ours:.1f}')
 
 
