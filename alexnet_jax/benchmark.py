@@ -152,7 +152,8 @@ def main(argv):
         f'batch {batch_size}, {spec.input_size}px, {spec.dtype}, '
         f'{flops_per_image / 1e9:.2f} GFLOP per training image, jax '
         f'{jax.__version__}')
-  steps = {f'jax {config.mode}': jax_train_step(config, batch_size)}
+  jax_name = f'jax {config.mode}'
+  steps = {jax_name: jax_train_step(config, batch_size)}
   if _REFERENCE.value == 'torch':
     import torch  # pylint: disable=g-import-not-at-top
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
@@ -161,9 +162,9 @@ def main(argv):
       steps['torch compile'] = torch_train_step(spec, batch_size, True)
   times = time_interleaved(steps, _STEPS.value, _WARMUP.value)
   rates = {name: report(name, t, batch_size, flops_per_image, peak,
-                        config.num_devices if name.startswith('jax') else 1)
+                        config.num_devices if name == jax_name else 1)
            for name, t in times.items()}
-  ours = rates.pop(f'jax {config.mode}')
+  ours = rates.pop(jax_name)
   for name, theirs in rates.items():
     print(f'ratio jax/{name.replace(" ", "_")} {ours / theirs:.2f}')
   print(f'images_per_sec {ours:.1f}')
