@@ -1,0 +1,1 @@
+"""The input pipeline: sources, decoding, host and device augmentation."""
