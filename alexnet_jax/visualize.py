@@ -183,7 +183,7 @@ def plot_top5(images: np.ndarray, probs: np.ndarray, path: str, *,
   count = len(images)
   cols = min(count, 4)
   rows = math.ceil(count / cols)
-  fig = Figure(figsize=(3.2 * cols, 4.6 * rows))
+  fig = Figure(figsize=(3.2 * cols, 3.9 * rows))
   grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3, 1.6] * rows)
   for i, (image, p) in enumerate(zip(images, probs)):
     r, c = divmod(i, cols)
@@ -370,7 +370,7 @@ def main(argv):
         max_val_images=f.max_val_images, num_queries=f.num_queries,
         num_neighbors=f.num_neighbors, num_top5=f.num_top5,
         distance=f.distance)
-  except (ValueError, FileNotFoundError) as error:
+  except (ValueError, OSError) as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
   print('color_specificity ' + ' '.join(
