@@ -76,25 +76,29 @@ def make_forward(spec: models.AlexNetSpec):
   return jax.jit(forward, compiler_options=parallel.compiler_options())
 
 
+def display_crop(encoded: tf.Tensor, config: Any, side: int) -> tf.Tensor:
+  """The centre crop evaluation feeds the model, as uint8 [side, side, 3]."""
+  size, resize = input_pipeline.model_input_size(config), (
+      config.input.resize_size)
+  image = tf.image.convert_image_dtype(input_pipeline.decode_resized(
+      encoded, resize, config.input.antialias), tf.float32)  # [0, 1].
+  image = input_pipeline.crop(image, tf.fill([2], (resize - size) // 2),
+                              size)
+  if side != size:
+    image = tf.image.resize(image, [side, side], antialias=True)
+  return tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
+
+
 def _examples(records: tf.data.Dataset, config: Any, side: int
               ) -> tf.data.Dataset:
   """Decodable records as {'image': uint8 crop at `side`, 'input', 'label'}.
 
   'input' is exactly what evaluation feeds the model.
   """
-  size, resize = input_pipeline.model_input_size(config), (
-      config.input.resize_size)
   preprocess = input_pipeline.make_eval_preprocess(config, ten_crop=False)
 
   def example(record):
-    crop = input_pipeline.crop(
-        input_pipeline.decode_resized(record['encoded'], resize,
-                                      config.input.antialias),
-        tf.fill([2], (resize - size) // 2), size)
-    if side != size:
-      crop = tf.image.resize(crop, [side, side], antialias=True)
-    return {'image': tf.image.convert_image_dtype(crop, tf.uint8,
-                                                  saturate=True),
+    return {'image': display_crop(record['encoded'], config, side),
             'input': preprocess(record)['image'], 'label': record['label']}
 
   records = records.filter(
@@ -300,29 +304,24 @@ def _read_meta(checkpoint_path: str) -> dict[str, Any]:
   return checkpoint.read_meta(mngr, step)
 
 
-def _display_images(paths: Sequence[str], config: Any) -> list[np.ndarray]:
-  """What `predict` classified, one displayable image per logits row.
+def display_images(paths: Sequence[str], config: Any) -> np.ndarray:
+  """What `predict` classified as uint8 images, one per logits row.
 
   Image files are shown as the centre crop the model saw; images of a
-  `.npy` file (already normalised) are stretched to [0, 1] each.
+  `.npy` file (already normalised) are each stretched to 0..255.
   """
-  size, resize = input_pipeline.model_input_size(config), (
-      config.input.resize_size)
+  size = input_pipeline.model_input_size(config)
   shown = []
   for path in paths:
     if path.endswith('.npy'):
       array = np.load(path).astype(np.float32)
       for image in (array[None] if array.ndim == 3 else array):
         low, high = image.min(), image.max()
-        shown.append((image - low) / max(high - low, 1e-12))
+        shown.append(np.round(255 * (image - low) / max(high - low, 1e-12)))
       continue
     with open(path, 'rb') as f:
-      image = input_pipeline.decode_resized(tf.constant(f.read()), resize,
-                                            config.input.antialias)
-    shown.append(tf.image.convert_image_dtype(input_pipeline.crop(
-        image, tf.fill([2], (resize - size) // 2), size), tf.uint8,
-                                              saturate=True).numpy())
-  return shown
+      shown.append(display_crop(tf.constant(f.read()), config, size).numpy())
+  return np.stack(shown).astype(np.uint8)
 
 
 def plot_predictions(checkpoint_path: str, paths: Sequence[str],
@@ -333,7 +332,7 @@ def plot_predictions(checkpoint_path: str, paths: Sequence[str],
   probs = np.exp(logits - logits.max(axis=1, keepdims=True))
   probs /= probs.sum(axis=1, keepdims=True)
   titles = [os.path.basename(n) for n in names]
-  plot_top5(np.stack(_display_images(paths, config)), probs, out,
+  plot_top5(display_images(paths, config), probs, out,
             names=labels, titles=titles)
 
 

@@ -202,6 +202,14 @@ def test_figures_see_what_predict_sees(tiny_run, tmp_path):
 
   npy = tmp_path / 'batch.npy'
   np.save(npy, predict.load_images(files[:2], predict.eval_config(meta))[0])
+  shown = visualize.display_images([files[0], str(npy)],
+                                   predict.eval_config(meta))
+  assert shown.dtype == np.uint8 and shown.shape == (3, 67, 67, 3)
+  model_input = np.load(npy)[0]
+  for c in range(3):  # The crop shown is the crop the model saw.
+    assert np.corrcoef(shown[0, ..., c].ravel(),
+                       model_input[..., c].ravel())[0, 1] > 0.99
+  assert shown[1].min() == 0 and shown[2].max() == 255  # Stretched.
   plot = tmp_path / 'top5.png'
   visualize.plot_predictions(workdir, [*files, str(npy)], [*names, 'a', 'b'],
                              np.concatenate([logits, logits[:2]]), labels,
