@@ -252,6 +252,14 @@ def num_train_examples(config) -> int:
   return _source(config).num_train
 
 
+def class_names(config) -> tuple[str, ...]:
+  """The configured dataset's class names, in label order."""
+  source = _source(config)
+  if isinstance(source, _FolderSource):
+    return source.class_names
+  return tuple(source.builder.info.features['label'].names)
+
+
 # ---------------------------------------------------------------------------
 # Decoding.
 
@@ -578,6 +586,11 @@ def _options() -> tf.data.Options:
 def train_records(config, *, epoch: int = 0) -> tf.data.Dataset:
   """Epoch `epoch`'s undecoded records {'encoded', 'label', 'index'}."""
   return _source(config).train_records(config.seed, epoch, 0, 0, 1)
+
+
+def eval_records(config) -> tf.data.Dataset:
+  """The whole validation set's undecoded records, in its stored order."""
+  return _source(config).eval_records(0, 1)
 
 
 def base_images(config, *, max_images: Optional[int] = None

@@ -36,6 +36,13 @@ class MetricsWriter:
         self._tb.scalar(name, value, step)
     self._tb.flush()
 
+  def image(self, step: int, name: str, image: Any) -> None:
+    """One [H, W, 3] uint8 image as a TensorBoard image summary."""
+    if not self._active:
+      return
+    self._tb.image(name, image, step)
+    self._tb.flush()
+
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()

@@ -2,6 +2,7 @@
 
   python -m alexnet_jax.predict --checkpoint=CKPT_DIR cat.jpg dog.png
   python -m alexnet_jax.predict --checkpoint=CKPT_DIR batch.npy --out=x.npz
+  python -m alexnet_jax.predict --checkpoint=CKPT_DIR cat.jpg --plot=top5.png
 
 Images (JPEG, PNG, anything TensorFlow decodes) get the evaluation
 transform the checkpoint's meta records (resize, centre crop, mean, scale,
@@ -125,6 +126,8 @@ def define_flags() -> None:
                       'A workdir, checkpoints dir or step dir.')
   flags.DEFINE_string('out', None, 'Also save the logits (input order) and '
                       'input names to this .npz file.')
+  flags.DEFINE_string('plot', None, 'Also draw each image with its top-5 '
+                      'classes as bars into this PNG file.')
 
 
 def main(argv):
@@ -140,6 +143,10 @@ def main(argv):
     print('\n'.join(top_k_lines(name, row, labels)))
   if out:
     np.savez(out, logits=logits, inputs=np.array(names))
+  if flags.FLAGS.plot:
+    from alexnet_jax import visualize  # pylint: disable=g-import-not-at-top
+    visualize.plot_predictions(ckpt, argv[1:], names, logits, labels,
+                               flags.FLAGS.plot)
 
 
 if __name__ == '__main__':

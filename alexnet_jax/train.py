@@ -22,6 +22,7 @@ from alexnet_jax import logs
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import towers
 
 
 @flax.struct.dataclass
@@ -363,6 +364,9 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
         logs.console(f'eval at step {done}: ' + '  '.join(
             f'{k.split("/")[1]} {v:.4f}' if isinstance(v, float)
             else f'{k.split("/")[1]} {v}' for k, v in last_eval.items()))
+        scores = towers.log_conv1(writer, done, state.params, config.input)
+        logs.console('color_specificity ' + ' '.join(f'{s:.4f}'
+                                                     for s in scores))
         progress.report(done)  # Evaluation time is not training time.
       if done % config.checkpoint_every_steps == 0 or done == num_steps:
         flush()
