@@ -3,6 +3,7 @@
 import errno
 import glob
 import os
+import shutil
 import subprocess
 
 import jax
@@ -27,6 +28,18 @@ def uninterrupted(tiny_config_factory, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
   metrics = train.train_and_evaluate(_config(tiny_config_factory), workdir)
   return _final_params(_config(tiny_config_factory), workdir)[1], metrics
+
+
+@pytest.fixture(scope='module')
+def trained_to_4(tiny_config_factory, tmp_path_factory):
+  """A workdir with the checkpoints of 4 steps (2 and 4), to copy."""
+  workdir = str(tmp_path_factory.mktemp('trained_to_4'))
+  train.train_and_evaluate(_config(tiny_config_factory, steps=4), workdir)
+  return workdir
+
+
+def _copy(workdir, tmp_path):
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
 
 
 def _assert_same_run(config, workdir, metrics, uninterrupted):
@@ -67,9 +80,8 @@ DAMAGE = {
 
 @pytest.mark.parametrize('item', sorted(DAMAGE))
 def test_damaged_latest_checkpoint_resumes_from_the_previous_one(
-    tiny_config_factory, tmp_path, capsys, uninterrupted, item):
-  train.train_and_evaluate(_config(tiny_config_factory, steps=4),
-                           str(tmp_path))
+    tiny_config_factory, tmp_path, capsys, uninterrupted, trained_to_4, item):
+  _copy(trained_to_4, tmp_path)
   ckpt_dir = tmp_path / 'checkpoints'
   DAMAGE[item](ckpt_dir / '4')
   capsys.readouterr()
@@ -87,9 +99,9 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(
 
 
 def test_no_readable_checkpoint_is_a_one_line_error(tiny_config_factory,
-                                                    tmp_path):
+                                                    tmp_path, trained_to_4):
   config = _config(tiny_config_factory, steps=4)
-  train.train_and_evaluate(config, str(tmp_path))
+  _copy(trained_to_4, tmp_path)
   DAMAGE['params'](tmp_path / 'checkpoints' / '4')
   DAMAGE['opt_state'](tmp_path / 'checkpoints' / '2')
   result = subprocess.run(
@@ -116,10 +128,10 @@ def test_no_readable_checkpoint_is_a_one_line_error(tiny_config_factory,
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_eval_only_takes_the_newest_readable_checkpoint(tiny_config_factory,
-                                                        tmp_path, capsys):
+def test_eval_only_takes_the_newest_readable_checkpoint(
+    tiny_config_factory, tmp_path, capsys, trained_to_4):
   config = _config(tiny_config_factory, steps=4)
-  train.train_and_evaluate(config, str(tmp_path))
+  _copy(trained_to_4, tmp_path)
   ckpt_dir = tmp_path / 'checkpoints'
   at_2 = train.evaluate_checkpoint(config, str(ckpt_dir / '2'))
   DAMAGE['params'](ckpt_dir / '4')
@@ -136,15 +148,14 @@ def test_eval_only_takes_the_newest_readable_checkpoint(tiny_config_factory,
 
 
 def test_a_changed_model_is_refused_not_moved_aside(tiny_config_factory,
-                                                    tmp_path):
-  config = _config(tiny_config_factory, steps=2)
-  train.train_and_evaluate(config, str(tmp_path))
+                                                    tmp_path, trained_to_4):
+  _copy(trained_to_4, tmp_path)
   other = _config(tiny_config_factory)
   other.model.input_size = 99  # Same layer widths, other fc6 shape.
   other.input.resize_size = 112
   with pytest.raises(ValueError, match=r'parameter .*fc6.* has shape'):
     train.train_and_evaluate(other, str(tmp_path))
-  assert os.listdir(tmp_path / 'checkpoints') == ['2']
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
 
 
 @pytest.fixture
