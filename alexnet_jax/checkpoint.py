@@ -252,6 +252,13 @@ def _read_step(mngr, step, spec, params_like, opt_state_like):
   if why:
     return None, f'meta: {why}'
   check_compatible(meta, spec, where)
+  if opt_state_like is not None and not any(
+      os.path.exists(os.path.join(where, item))
+      for item in ('opt_state', 'progress')):
+    raise ValueError(
+        f'{where} holds parameters only (an evaluation checkpoint, such as '
+        'alexnet_jax.convert writes); training resumes only from its own '
+        'checkpoints: use another --workdir')
   stored, why = _attempt(
       lambda: _stored_shapes(mngr.directory / str(step) / 'params'))
   if why:

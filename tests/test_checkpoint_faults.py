@@ -158,6 +158,20 @@ def test_a_changed_model_is_refused_not_moved_aside(tiny_config_factory,
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
 
 
+def test_an_evaluation_checkpoint_is_refused_not_moved_aside(
+    tiny_config_factory, tmp_path, trained_to_4):
+  config = _config(tiny_config_factory)
+  source = checkpoint.manager(os.path.join(trained_to_4, 'checkpoints'))
+  step, params = _final_params(config, trained_to_4)
+  mngr = checkpoint.manager(str(tmp_path / 'checkpoints'))
+  checkpoint.save(mngr, 0, params=params,
+                  meta=checkpoint.read_meta(source, step))
+  checkpoint.wait_until_finished(mngr)
+  with pytest.raises(ValueError, match='holds parameters only'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path / 'checkpoints') == ['0']
+
+
 @pytest.fixture
 def small_disk(tmp_path):
   """A `checkpoints` directory on a 800 KiB tmpfs: one tiny step fits.
