@@ -1,4 +1,4 @@
-"""A damaged checkpoint or a full disk: the run goes on, or stops in one line."""
+"""A damaged checkpoint or a full disk: the run goes on, or stops in a line."""
 
 import errno
 import glob
