@@ -84,6 +84,7 @@ def save(mngr: ocp.CheckpointManager, step: int, *, params: Any,
     items['opt_state'] = ocp.args.StandardSave(opt_state)
     items['progress'] = ocp.args.JsonSave(progress)
   _in_flight[mngr] = (step, needed)
+  _shorten_disk_full_reports()
   try:
     mngr.save(step, args=ocp.args.Composite(**items))
   except Exception as error:  # pylint: disable=broad-exception-caught
@@ -101,6 +102,33 @@ def wait_until_finished(mngr: ocp.CheckpointManager) -> None:
   except Exception as error:  # pylint: disable=broad-exception-caught
     _raise_save_error(mngr, error)
   _in_flight.pop(mngr, None)
+
+
+def _shorten_disk_full_reports() -> None:
+  """Keeps the background reports of a full disk out of the way.
+
+  orbax's save threads log each failed write with a traceback, and asyncio
+  reports each failed write task again when it is collected, which may be
+  after the final one-line error. For a full disk these say nothing that
+  error does not: orbax's keep their one-line message, asyncio's are
+  dropped. Reports of other failures are left whole.
+  """
+  absl_log, asyncio_log = logging.getLogger('absl'), logging.getLogger(
+      'asyncio')
+  if any(getattr(f, 'shortens_disk_full', False) for f in absl_log.filters):
+    return
+
+  def shorten(record: logging.LogRecord) -> bool:
+    if record.exc_info and _is_disk_full(record.exc_info[1]):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+  def drop(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and _is_disk_full(record.exc_info[1]))
+
+  shorten.shortens_disk_full = True
+  absl_log.addFilter(shorten)
+  asyncio_log.addFilter(drop)
 
 
 def checkpoint_bytes(*trees: Any) -> int:
