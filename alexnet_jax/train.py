@@ -280,12 +280,10 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   mngr = checkpoint.manager(ckpt_dir, config.keep_checkpoints)
   data_state = train_iter.get_state()
-  if mngr.latest_step() is not None:
-    step = mngr.latest_step()
-    checkpoint.check_compatible(checkpoint.read_meta(mngr, step), spec,
-                                f'{ckpt_dir}/{step}')
-    restored = checkpoint.restore(mngr, step, params_like=state.params,
-                                  opt_state_like=state.opt_state)
+  latest = checkpoint.restore_latest_readable(
+      mngr, spec, params_like=state.params, opt_state_like=state.opt_state)
+  if latest is not None:
+    step, restored = latest
     state = TrainState(jax.device_put(jnp.int32(step), strategy.replicated()),
                        restored['params'], restored['opt_state'])
     _restore_data_position(train_iter, restored['progress']['data'])
@@ -327,7 +325,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
       if stop.signal:
         flush()
         save(step)
-        mngr.wait_until_finished()
+        checkpoint.wait_until_finished(mngr)
         logs.console(f'{stop.signal} at step {step}: checkpoint saved in '
                      f'{ckpt_dir}/{step}; run the same command to resume')
         writer.close()
@@ -371,7 +369,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
       if done % config.checkpoint_every_steps == 0 or done == num_steps:
         flush()
         save(done)
-  mngr.wait_until_finished()
+  checkpoint.wait_until_finished(mngr)
   writer.close()
   return last_eval
 
@@ -385,7 +383,7 @@ class _Window:
   def add(self, step: int, metrics: dict, mngr) -> None:
     values = {k: float(v) for k, v in metrics.items()}
     if not math.isfinite(values['train/loss']):
-      mngr.wait_until_finished()
+      checkpoint.wait_until_finished(mngr)
       raise FloatingPointError(
           f'non-finite training loss ({values["train/loss"]}) at step {step};'
           f' stopped. The latest checkpoint (step {mngr.latest_step()}) holds'
@@ -420,16 +418,15 @@ def _evaluate_checkpoint(config, path, workdir, spec, strategy):
   check_config(config, strategy, spec)
   ckpt_dir, step = checkpoint.locate(path)
   mngr = checkpoint.manager(ckpt_dir)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise ValueError(f'--checkpoint: no complete checkpoint in {ckpt_dir}')
-  checkpoint.check_compatible(checkpoint.read_meta(mngr, step), spec,
-                              f'{ckpt_dir}/{step}')
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       parallel.abstract_params(spec),
       strategy.param_shardings(parallel.abstract_params(spec)))
-  params = checkpoint.restore(mngr, step, params_like=abstract)['params']
+  found = checkpoint.restore_latest_readable(mngr, spec, params_like=abstract,
+                                             step=step)
+  if found is None:
+    raise ValueError(f'--checkpoint: no complete checkpoint in {ckpt_dir}')
+  step, params = found[0], found[1]['params']
   results = evaluate(config, strategy,
                      _eval_steps(config, spec, strategy, params), params)
   if workdir:
