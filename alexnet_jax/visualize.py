@@ -42,6 +42,7 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import predict
 from alexnet_jax import towers
+from alexnet_jax.data import device
 
 DISTANCES = ('l2', 'cosine')
 _BATCH = 32  # Images per forward pass; the last batch is padded.
@@ -59,14 +60,18 @@ class Embedded:
   skipped: int          # Undecodable files among those read.
 
 
-def make_forward(spec: models.AlexNetSpec):
-  """Compiled (params, images) -> (softmax probabilities, fc7 features).
+def make_forward(spec: models.AlexNetSpec, norm: device.Normalization):
+  """Compiled (params, base images) -> (softmax probabilities, fc7 features).
 
-  fc7 comes from the layer outputs the model sows; no change to the model.
+  The uint8 base images are normalised and centre-cropped as the eval step
+  does. fc7 comes from the layer outputs the model sows; no change to the
+  model.
   """
   model = models.AlexNet(spec)
 
-  def forward(params, images):
+  def forward(params, base_images):
+    images = device.centre_crop(device.eval_base_images(base_images, norm),
+                                spec.input_size)
     logits, state = model.apply({'params': params}, images, train=False,
                                 mutable=['intermediates'])
     (outputs,) = state['intermediates']['layer_outputs']
@@ -93,9 +98,10 @@ def _examples(records: tf.data.Dataset, config: Any, side: int
               ) -> tf.data.Dataset:
   """Decodable records as {'image': uint8 crop at `side`, 'input', 'label'}.
 
-  'input' is exactly what evaluation feeds the model.
+  'input' is exactly what evaluation sends to the device: the uint8 base
+  image.
   """
-  preprocess = input_pipeline.make_eval_preprocess(config, ten_crop=False)
+  preprocess = input_pipeline.make_eval_preprocess(config)
 
   def example(record):
     return {'image': display_crop(record['encoded'], config, side),
@@ -273,7 +279,7 @@ def visualize(checkpoint_path: str, out_dir: str, config: Any = None, *,
   if len(names) != spec.num_classes:
     raise ValueError(f'the checkpoint has {spec.num_classes} classes but '
                      f'{config.dataset} has {len(names)}')
-  forward = make_forward(spec)
+  forward = make_forward(spec, device.Normalization.from_config(config))
   size = input_pipeline.model_input_size(config)
   val = embed(input_pipeline.eval_records(config), config, params, forward,
               limit=max_val_images, side=size)

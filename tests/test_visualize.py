@@ -18,6 +18,7 @@ from alexnet_jax import synthetic
 from alexnet_jax import towers
 from alexnet_jax import train
 from alexnet_jax import visualize
+from alexnet_jax.data import device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RGB = {'channel_order': 'RGB', 'std_rgb': None}
@@ -190,10 +191,11 @@ def test_figures_see_what_predict_sees(tiny_run, tmp_path):
   config, workdir = tiny_run
   params, spec, meta = convert.load_checkpoint(workdir)
   files = _val_files(config)[:3]  # The validation set's first records.
+  eval_config = visualize.dataset_config(config, meta)
   embedded = visualize.embed(
-      input_pipeline.eval_records(config),
-      visualize.dataset_config(config, meta), params,
-      visualize.make_forward(spec), limit=3, side=16)
+      input_pipeline.eval_records(config), eval_config, params,
+      visualize.make_forward(spec, device.Normalization.from_config(
+          eval_config)), limit=3, side=16)
   logits, names, labels = predict.predict(workdir, files)
   probs = np.exp(logits - logits.max(1, keepdims=True))
   np.testing.assert_allclose(embedded.probs,
