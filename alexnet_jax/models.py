@@ -12,6 +12,7 @@ shapes each device holds.
 import dataclasses
 import functools
 import math
+import typing
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -117,6 +118,16 @@ VARIANTS = {
                        lrn=False, dropout_placement='before_fc',
                        init='torchvision'),
 }
+
+
+def spec_field_types() -> dict[str, type]:
+  """Every AlexNetSpec field and its plain type (tuple for the widths).
+
+  configs/default.py builds `config.model` from this, so every field can be
+  set from a config file or the command line.
+  """
+  return {f.name: typing.get_origin(f.type) or f.type
+          for f in dataclasses.fields(AlexNetSpec)}
 
 
 def spec_from_config(model_config: Any) -> AlexNetSpec:
