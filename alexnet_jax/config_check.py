@@ -4,7 +4,9 @@ ml_collections raises a KeyError or an AttributeError from inside absl's
 flag parsing when an override names no field, which surfaces as a
 traceback. Every entry point with a `--config` file runs
 `app.run(main, flags_parser=config_check.parse_flags)` instead, which says
-which key is wrong and the closest one that exists.
+which key is wrong and the closest one that exists. It needs --config on
+the command line: a flag with a default config file and none given applies
+the overrides when it is defined, before any parser runs.
 """
 
 import difflib
@@ -47,16 +49,14 @@ def unknown_key(config: Any, path: str) -> str | None:
   return None
 
 
-def _config_argument(argv: list[str]) -> str | None:
-  """The value of --config in argv, else the flag's default."""
+def _config(argv: list[str]) -> Any:
+  """The config file named by --config in argv, or None."""
   for i, arg in enumerate(argv):
     match = re.fullmatch(rf'--?{CONFIG_FLAG}(=(.*))?', arg)
     if match:
-      if match.group(1) is not None:
-        return match.group(2)
-      return argv[i + 1] if i + 1 < len(argv) else None
-  default = flags.FLAGS[CONFIG_FLAG].default
-  return default if isinstance(default, str) else None
+      path = match.group(2) if match.group(1) else (argv[i + 1:] or [None])[0]
+      return flags.FLAGS[CONFIG_FLAG].parser.parse(path) if path else None
+  return None
 
 
 def _override_paths(argv: list[str]) -> list[str]:
@@ -70,10 +70,9 @@ def _first_unknown_override(argv: list[str]) -> str | None:
   if CONFIG_FLAG not in flags.FLAGS:
     return None
   argv = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
-  path = _config_argument(argv)
-  if path is None:
+  config = _config(argv)
+  if config is None:
     return None
-  config = flags.FLAGS[CONFIG_FLAG].parser.parse(path)
   for key in _override_paths(argv):
     message = unknown_key(config, key)
     if message:
