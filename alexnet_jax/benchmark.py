@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from alexnet_jax import config_check
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/two_tower.py', 'Experiment config.', lock_config=True)
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch (default: '
@@ -171,4 +173,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from alexnet_jax import config_check
 from alexnet_jax import input_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
@@ -142,4 +143,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

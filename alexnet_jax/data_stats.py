@@ -20,6 +20,7 @@ import numpy as np
 from ml_collections import config_flags
 import tqdm
 
+from alexnet_jax import config_check
 from alexnet_jax import input_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
@@ -84,4 +85,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -24,6 +24,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from alexnet_jax import config_check
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where logs and checkpoints '
@@ -145,4 +147,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -3,27 +3,23 @@
 Every parameter carries a leading tower axis of size `num_towers`. Inside a
 tower, layers map tower t to tower t; at the exchange points (the inputs of
 conv3, fc6, fc7 and fc8, and the logits) the towers' activations are
-gathered. `Layout` tells the module which mesh axes, if any, it runs under:
-
-  * `tower_axis`: towers split across devices; the exchange is an
-    `all_gather` over that axis and each device holds one tower's slice.
-  * `batch_axis`: the batch is split across devices (data parallelism).
-  * `fc_axis`: the output features of the fully-connected layers are split
-    across devices (the FC half of the OWT hybrid). When it equals
-    `batch_axis`, the FC layers first gather the whole batch.
-
-With an empty `Layout` (one device) the same code runs all towers locally.
-Shapes declared here are the shapes each device holds.
+gathered. A `Layout` (alexnet_jax/layout.py) says which mesh axes, if any,
+the module runs under and does every exchange; with an empty one (one
+device) the same code runs all towers locally. Shapes declared here are the
+shapes each device holds.
 """
 
 import dataclasses
 import functools
 import math
+import typing
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from alexnet_jax.layout import Layout
 
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
@@ -124,6 +120,16 @@ VARIANTS = {
 }
 
 
+def spec_field_types() -> dict[str, type]:
+  """Every AlexNetSpec field and its plain type (tuple for the widths).
+
+  configs/default.py builds `config.model` from this, so every field can be
+  set from a config file or the command line.
+  """
+  return {f.name: typing.get_origin(f.type) or f.type
+          for f in dataclasses.fields(AlexNetSpec)}
+
+
 def spec_from_config(model_config: Any) -> AlexNetSpec:
   """Builds the spec of `config.model`: the variant, then any set field."""
   if model_config.variant not in VARIANTS:
@@ -138,17 +144,6 @@ def spec_from_config(model_config: Any) -> AlexNetSpec:
     if key in overrides:
       overrides[key] = tuple(int(v) for v in overrides[key])
   return dataclasses.replace(VARIANTS[model_config.variant], **overrides)
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """Mesh axes the model runs under, and their sizes (static)."""
-  tower_axis: str | None = None
-  tower_shards: int = 1
-  batch_axis: str | None = None
-  batch_shards: int = 1
-  fc_axis: str | None = None
-  fc_shards: int = 1
 
 
 def _channel_window_sum(v: jax.Array, n: int) -> jax.Array:
@@ -322,13 +317,17 @@ class TowerWeights(nn.Module):
 
 
 class AlexNet(nn.Module):
-  """The tower-aware AlexNet. Input NHWC images, output logits [B, C]."""
+  """The tower-aware AlexNet. Input NHWC images, output logits [B, C].
+
+  `__call__` is SPEC.md section 1's table; the `layout` moves activations
+  between devices at the exchange points.
+  """
   spec: AlexNetSpec
   layout: Layout = Layout()
 
   @property
   def local_towers(self) -> int:
-    return self.spec.num_towers // self.layout.tower_shards
+    return self.layout.local_towers(self.spec.num_towers)
 
   def _weights(self, name: str, fan_in_shape: tuple[int, ...],
                features: int) -> tuple[jax.Array, jax.Array]:
@@ -338,41 +337,27 @@ class AlexNet(nn.Module):
                         kinit, binit, name=name)()
 
   def _conv(self, name: str, xs: list[jax.Array], features: int,
-            kernel_size: int, stride: int, padding) -> list[jax.Array]:
-    """One conv per local tower; tower t reads xs[t].
+            kernel_size: int, stride: int,
+            pad: tuple[int, int]) -> list[jax.Array]:
+    """Activated conv per local tower; tower t reads xs[t].
 
-    Where every tower reads the same input (conv1, conv3) the towers'
-    kernels run as one convolution with all their outputs, which is the
-    same function and uses the hardware better than several narrow ones.
+    `pad` is (low, high) on both spatial dims. Where every tower reads the
+    same input (conv1, conv3) the towers' kernels run as one convolution
+    with all their outputs, which is the same function and uses the
+    hardware better than several narrow ones.
     """
     kernel, bias = self._weights(
         name, (kernel_size, kernel_size, xs[0].shape[-1]), features)
     dtype = DTYPES[self.spec.dtype]
     kernel, bias = kernel.astype(dtype), bias.astype(dtype)
-    padding = tuple(tuple(p) for p in padding)
+    padding = (tuple(pad), tuple(pad))
+    act = ACTIVATIONS[self.spec.activation]
     if len(xs) > 1 and all(x is xs[0] for x in xs):
       stacked = jnp.concatenate(list(kernel), axis=-1)
       y = conv2d(xs[0], stacked, stride, padding) + bias.reshape(-1)
-      return jnp.split(y, len(xs), axis=-1)
-    return [conv2d(x, kernel[t], stride, padding) + bias[t]
+      return [act(y) for y in jnp.split(y, len(xs), axis=-1)]
+    return [act(conv2d(x, kernel[t], stride, padding) + bias[t])
             for t, x in enumerate(xs)]
-
-  def _gather_towers(self, xs: list[jax.Array], invariant=False) -> jax.Array:
-    """Every tower's activations, concatenated on the channel axis."""
-    local = jnp.stack(xs)  # [local_towers, ...]
-    if self.layout.tower_axis:
-      local = jax.lax.all_gather(local, self.layout.tower_axis, axis=0,
-                                 tiled=True,
-                                 to='invarying' if invariant else 'varying')
-    return jnp.concatenate(list(local), axis=-1)
-
-  def _own_towers(self, x: jax.Array, width: int) -> list[jax.Array]:
-    """This device's towers' channel blocks of an all-tower tensor."""
-    first = 0
-    if self.layout.tower_axis:
-      first = jax.lax.axis_index(self.layout.tower_axis) * self.local_towers
-    return [jax.lax.dynamic_slice_in_dim(x, (first + t) * width, width, -1)
-            for t in range(self.local_towers)]
 
   def _lrn(self, xs: list[jax.Array]) -> list[jax.Array]:
     s = self.spec
@@ -383,45 +368,26 @@ class AlexNet(nn.Module):
         alpha_over_n=s.lrn_alpha_over_n)
     if not s.lrn_across_towers:
       return [norm(x) for x in xs]
-    return self._own_towers(norm(self._gather_towers(xs)), xs[0].shape[-1])
+    return self.layout.own_towers(norm(self.layout.gather_towers(xs)),
+                                  xs[0].shape[-1])
 
   def _pool(self, xs: list[jax.Array]) -> list[jax.Array]:
     s = self.spec
     return [max_pool(x, s.pool_window, s.pool_stride) for x in xs]
 
-  def _dropout(self, x: jax.Array, train: bool, global_batch_offset,
+  def _dropout(self, x: jax.Array, train: bool,
                sharded: bool = True) -> jax.Array:
     """Dropout on a [B, T, F] activation, with the mask every mode draws.
 
     `sharded`: whether T and F are this device's towers and features (FC
-    outputs) or already all of them (FC inputs). The mask is drawn for the global [batch, towers, features] shape from one
-    replicated key and sliced to this device's block, so single-device and
-    sharded runs drop exactly the same units.
+    outputs) or already all of them (FC inputs).
     """
     rate = self.spec.dropout_rate
     if not train or rate == 0.0:
       return x
-    lay = self.layout
-    b, t, f = x.shape
-    tower_shards, fc_shards = (
-        (lay.tower_shards, lay.fc_shards) if sharded else (1, 1))
-    global_shape = (b * self._fc_batch_shards(), t * tower_shards,
-                    f * fc_shards)
-    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - rate,
-                                global_shape)
-    starts = (global_batch_offset,
-              self._axis_index(lay.tower_axis) * t if sharded else 0,
-              self._axis_index(lay.fc_axis) * f if sharded else 0)
-    keep = jax.lax.dynamic_slice(keep, starts, x.shape)
+    keep = self.layout.fc_dropout_keep(self.make_rng('dropout'), 1.0 - rate,
+                                       x.shape, sharded=sharded)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-  def _axis_index(self, axis: str | None):
-    return jax.lax.axis_index(axis) if axis else 0
-
-  def _fc_batch_shards(self) -> int:
-    """How many devices split the batch that the FC layers see."""
-    lay = self.layout
-    return 1 if lay.fc_axis == lay.batch_axis else lay.batch_shards
 
   def _dense(self, name: str, x: jax.Array, features: int) -> jax.Array:
     """x [B, in] (all towers' inputs) -> [B, local towers, local features]."""
@@ -434,73 +400,49 @@ class AlexNet(nn.Module):
     y = jnp.stack([x @ k for k in kernel.astype(dtype)], axis=1)
     return y + bias.astype(dtype)
 
-  def _gather_features(self, y: jax.Array, invariant=False) -> jax.Array:
-    """[B, local towers, local features] -> [B, all towers * features]."""
-    lay = self.layout
-    to = 'invarying' if invariant else 'varying'
-    if lay.fc_axis:
-      y = jax.lax.all_gather(y, lay.fc_axis, axis=2, tiled=True, to=to)
-    if lay.tower_axis:
-      y = jax.lax.all_gather(y, lay.tower_axis, axis=1, tiled=True, to=to)
-    return y.reshape(y.shape[0], -1)
+  def _hidden_fc(self, name: str, h: jax.Array, features: int,
+                 train: bool) -> jax.Array:
+    """fc6 or fc7 with its activation, and dropout where the spec puts it."""
+    before = self.spec.dropout_placement == 'before_fc'
+    if before:
+      h = self._dropout(h[:, None], train, sharded=False)[:, 0]
+    y = ACTIVATIONS[self.spec.activation](self._dense(name, h, features))
+    return y if before else self._dropout(y, train)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     s, lay = self.spec, self.layout
-    act = ACTIVATIONS[s.activation]
     c1, c2, c3, c4, c5 = s.conv_features
-    pad1 = CONV1_PADDINGS[s.conv1_padding]
-    x = images.astype(DTYPES[s.dtype])
+    fc6, fc7 = s.fc_features
     outputs = {}  # Per-layer outputs, for summaries and shape tests.
 
     def record(name, value):
       outputs[name] = value
       return value
 
-    xs = [x] * self.local_towers
-    xs = record('conv1', [act(y) for y in self._conv(
-        'conv1', xs, c1, 11, 4, (pad1, pad1))])
+    image = [images.astype(DTYPES[s.dtype])] * self.local_towers
+    xs = record('conv1', self._conv('conv1', image, c1, 11, 4,
+                                    CONV1_PADDINGS[s.conv1_padding]))
     xs = record('pool1', self._pool(self._lrn(xs)))
-    xs = record('conv2', [act(y) for y in self._conv(
-        'conv2', xs, c2, 5, 1, ((2, 2), (2, 2)))])
+    xs = record('conv2', self._conv('conv2', xs, c2, 5, 1, (2, 2)))
     xs = record('pool2', self._pool(self._lrn(xs)))
-    both = [self._gather_towers(xs)] * self.local_towers
-    xs = record('conv3', [act(y) for y in self._conv(
-        'conv3', both, c3, 3, 1, ((1, 1), (1, 1)))])
-    xs = record('conv4', [act(y) for y in self._conv(
-        'conv4', xs, c4, 3, 1, ((1, 1), (1, 1)))])
-    xs = record('conv5', [act(y) for y in self._conv(
-        'conv5', xs, c5, 3, 1, ((1, 1), (1, 1)))])
+    both = [lay.gather_towers(xs)] * self.local_towers
+    xs = record('conv3', self._conv('conv3', both, c3, 3, 1, (1, 1)))
+    xs = record('conv4', self._conv('conv4', xs, c4, 3, 1, (1, 1)))
+    xs = record('conv5', self._conv('conv5', xs, c5, 3, 1, (1, 1)))
     xs = record('pool5', self._pool(xs))
 
     # [B, h, w, towers * c5] flattened in (h, w, tower, channel) order.
-    h = self._gather_towers(xs)
-    h = h.reshape(h.shape[0], -1)
-    batch_offset = self._axis_index(lay.batch_axis) * h.shape[0]
-    if lay.fc_axis and lay.fc_axis == lay.batch_axis:
-      h = jax.lax.all_gather(h, lay.batch_axis, axis=0, tiled=True)
-      batch_offset = 0
-
-    classes_per_tower = s.num_classes // s.num_towers
-    for name, features in zip(FC_LAYERS, (*s.fc_features, classes_per_tower)):
-      if s.dropout_placement == 'before_fc' and name != 'fc8':
-        h = self._dropout(h[:, None], train, batch_offset, sharded=False)[:, 0]
-      y = self._dense(name, h, features)
-      if name == 'fc8':
-        break
-      y = act(y)
-      if s.dropout_placement == 'after_fc':
-        y = self._dropout(y, train, batch_offset)
-      h = self._gather_features(record(name, y))
-
-    logits = self._gather_features(record('fc8', y), invariant=True)
+    h = lay.gather_towers(xs)
+    h = lay.fc_batch(h.reshape(h.shape[0], -1))
+    h = lay.gather_features(record('fc6', self._hidden_fc('fc6', h, fc6,
+                                                          train)))
+    h = lay.gather_features(record('fc7', self._hidden_fc('fc7', h, fc7,
+                                                          train)))
+    y = record('fc8', self._dense('fc8', h, s.num_classes // s.num_towers))
+    logits = lay.local_batch(lay.gather_features(y, invariant=True))
     self.sow('intermediates', 'layer_outputs', outputs)
-    if lay.fc_axis and lay.fc_axis == lay.batch_axis:
-      local = logits.shape[0] // lay.batch_shards
-      logits = jax.lax.dynamic_slice_in_dim(
-          logits, self._axis_index(lay.batch_axis) * local, local, 0)
     return logits.astype(jnp.float32)
-
 
 
 def layer_stats(spec: AlexNetSpec) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from typing import Any
 from absl import app
 from ml_collections import config_flags
 
+from alexnet_jax import config_check
 from alexnet_jax import models
 from alexnet_jax import parallel
 
@@ -51,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

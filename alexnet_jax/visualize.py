@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import checkpoint
+from alexnet_jax import config_check
 from alexnet_jax import convert
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
@@ -390,4 +391,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -7,6 +7,8 @@ changes, so a config file reads as the list of an experiment's choices.
 import ml_collections
 from ml_collections import config_dict
 
+from alexnet_jax import models
+
 # ImageNet RGB statistics on the [0, 1] pixel scale (SPEC.md section 2).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)  # What torchvision divides by.
@@ -59,20 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.shuffle_buffer = 16_384
   config.input.prefetch_batches = 2
 
-  # Model: a variant from models.VARIANTS; any other field left as None
-  # takes the variant's value.
+  # Model: a variant from models.VARIANTS, and every field of
+  # models.AlexNetSpec; a field left as None takes the variant's value.
   config.model = ml_collections.ConfigDict()
   config.model.variant = 'paper'
-  for name, kind in (('num_towers', int), ('num_classes', int),
-                     ('input_size', int), ('conv1_padding', str),
-                     ('lrn', bool), ('lrn_alpha_over_n', bool),
-                     ('lrn_across_towers', bool), ('lrn_k', float),
-                     ('pool_window', int), ('activation', str),
-                     ('dropout_rate', float), ('dropout_placement', str),
-                     ('init', str), ('dtype', str)):
+  for name, kind in models.spec_field_types().items():
     config.model[name] = config_dict.placeholder(kind)
-  config.model.conv_features = config_dict.placeholder(tuple)
-  config.model.fc_features = config_dict.placeholder(tuple)
 
   # Execution: 'single', 'data', 'tower', 'data_tower' (2-D mesh) or
   # 'hybrid' (OWT: convs data-parallel, FC layers model-parallel).
