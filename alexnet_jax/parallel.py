@@ -16,10 +16,11 @@ model or the trainer:
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
 
 from alexnet_jax import models
 
@@ -85,6 +86,12 @@ class Strategy:
     rows = sorted({index[0].start or 0 for index in
                    self.batch_sharding().addressable_devices_indices_map(
                        (self.data_shards,)).values()})
+    if not rows:
+      raise ValueError(
+          f'config.num_devices: the mesh of {self.mesh.devices.size} devices '
+          f'leaves process {jax.process_index()} of {jax.process_count()} '
+          f'without any of its devices; use all {jax.device_count()} devices '
+          f'or fewer processes')
     if rows != list(range(rows[0], rows[0] + len(rows))):
       raise ValueError(f'config.mode: process {jax.process_index()} holds '
                        f'non-contiguous batch shards {rows}')
@@ -150,13 +157,34 @@ def validate(mode: str, num_devices: int, spec: models.AlexNetSpec,
             f'{width} per tower, which {num_devices} devices do not divide')
 
 
+def placement_order(devices: Sequence[Any]) -> list[Any]:
+  """Devices host by host, neighbours next to each other within a host.
+
+  Mesh axes are filled last axis fastest, so in this order the `tower` axis
+  (last) joins chips of one host, linked directly (ICI neighbours on a TPU
+  host, NVLink on a GPU node), and the `data` axis runs across hosts. TPU
+  chips sort by their physical coordinates (z, y, x), others by id.
+  """
+  def key(device):
+    coords = tuple(reversed(getattr(device, 'coords', None) or ()))
+    return (device.process_index, coords,
+            getattr(device, 'core_on_chip', 0), device.id)
+  return sorted(devices, key=key)
+
+
 def create_strategy(mode: str, num_devices: int, spec: models.AlexNetSpec,
-                    batch_size: int) -> Strategy:
-  """Validates the request and builds the mesh and layout for `mode`."""
-  devices = jax.devices()
+                    batch_size: int,
+                    devices: Sequence[Any] | None = None) -> Strategy:
+  """Validates the request and builds the mesh and layout for `mode`.
+
+  `devices`: where the mesh goes (default `jax.devices()`); a TPU
+  topology's device descriptions compile ahead of time without a TPU.
+  """
+  devices = placement_order(jax.devices() if devices is None else devices)
   validate(mode, num_devices, spec, batch_size, len(devices))
   shape, names = _mesh_shape(mode, num_devices, spec.num_towers)
-  mesh = jax.make_mesh(shape, names, devices=devices[:math.prod(shape)])
+  mesh = Mesh(np.array(devices[:math.prod(shape)]).reshape(shape), names,
+              axis_types=(AxisType.Explicit,) * len(shape))
   sizes = dict(zip(names, shape))
   layout = models.Layout()
   if mode in ('data', 'data_tower', 'hybrid'):
