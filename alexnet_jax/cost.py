@@ -25,12 +25,13 @@ size of the replica group. Measured and analytical figures both go through
 `received_bytes`, so they are comparable by construction.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import re
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -235,7 +236,7 @@ def abstract_train_state(spec, strategy, tx) -> Any:
                                                      sharding=sharding)
   params = parallel.abstract_params(spec)
   params = jax.tree.map(shaped, params, strategy.param_shardings(params))
-  with jax.set_mesh(strategy.mesh):
+  with jax.set_mesh(strategy.mesh), persistent_cache_off(strategy.mesh):
     init = jax.jit(tx.init).lower(params).compile()
   opt_state = jax.tree.map(shaped, jax.eval_shape(tx.init, params),
                            init.output_shardings)
@@ -264,10 +265,27 @@ def compile_train_step(config: Any, strategy: Any, batch: int) -> tuple[
                                     sharding=sharding),
       'label': jax.ShapeDtypeStruct((batch,), jax.numpy.int32,
                                     sharding=sharding)}
-  with jax.set_mesh(strategy.mesh):
+  with jax.set_mesh(strategy.mesh), persistent_cache_off(strategy.mesh):
     step = train.make_train_step(spec, strategy, tx, state)
     compiled = step.lower(state, batch_args, 0.01, key).compile()
   return compiled, state
+
+
+@contextlib.contextmanager
+def persistent_cache_off(mesh: Any) -> Iterator[None]:
+  """Turns JAX's persistent compilation cache off while compiling for
+  devices this process has no client for (a described TPU slice): such
+  programs are written to the cache but cannot be read back."""
+  import jax  # pylint: disable=g-import-not-at-top
+  reachable = set(jax.devices()) | set(jax.devices('cpu'))
+  described = not set(mesh.devices.flat) <= reachable
+  before = jax.config.jax_enable_compilation_cache
+  if described:
+    jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_enable_compilation_cache', before)
 
 
 def peak_memory(compiled: Any) -> int:

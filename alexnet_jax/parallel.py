@@ -88,10 +88,10 @@ class Strategy:
                        (self.data_shards,)).values()})
     if not rows:
       raise ValueError(
-          f'config.num_devices: the mesh of {self.mesh.devices.size} devices '
-          f'leaves process {jax.process_index()} of {jax.process_count()} '
-          f'without any of its devices; use all {jax.device_count()} devices '
-          f'or fewer processes')
+          f'config.num_devices: the {self.mesh.devices.size}-device mesh '
+          f'holds none of the devices of process {jax.process_index()} '
+          f'({jax.process_count()} processes, {jax.device_count()} devices '
+          f'in all); set it to use every process or start fewer processes')
     if rows != list(range(rows[0], rows[0] + len(rows))):
       raise ValueError(f'config.mode: process {jax.process_index()} holds '
                        f'non-contiguous batch shards {rows}')

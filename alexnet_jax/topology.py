@@ -28,9 +28,12 @@ HBM_BYTES = {
 
 # Set before libtpu loads: several processes may hold it on a machine with no
 # TPU (the lockfile is for sharing real chips), and with no TPU metadata
-# server it should not look for one or for worker hostnames.
+# server it should not look for one, for worker hostnames or for this
+# host's accelerator type (any valid type quiets it; the topology named
+# in `topology_devices` is what is described).
 _LIBTPU_ENV = {'ALLOW_MULTIPLE_LIBTPU_LOAD': '1', 'TPU_SKIP_MDS_QUERY': '1',
-               'TPU_WORKER_HOSTNAMES': 'localhost'}
+               'TPU_WORKER_HOSTNAMES': 'localhost',
+               'TPU_ACCELERATOR_TYPE': 'v5litepod-1'}
 
 _GROUPS_LIST = re.compile(r'replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}')
 _GROUPS_IOTA = re.compile(
@@ -168,3 +171,69 @@ def memory_lines(peak_bytes: float, device_kind: str) -> list[str]:
   verdict = 'fits' if peak_bytes <= hbm else 'DOES NOT FIT'
   return [f'peak memory per device {peak_bytes / 2**30:.3f} GiB of '
           f'{hbm / 2**30:.1f} GiB HBM ({peak_bytes / hbm:.1%}): {verdict}']
+
+
+def _eval_lines(config: Any, strategy: Any, state: Any) -> list[str]:
+  """Compiles each evaluation protocol's step; its memory per device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cost  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  spec = parallel.spec_of(config)
+  batch, size = config.eval_batch_size, spec.input_size
+  sharding = strategy.batch_sharding()
+  lines = []
+  for protocol, crops in (('center', ()), ('10crop', (10,))):
+    if protocol == '10crop' and not config.eval_ten_crop:
+      continue
+    args = {'image': jax.ShapeDtypeStruct((batch, *crops, size, size, 3),
+                                          jax.numpy.float32,
+                                          sharding=sharding),
+            **{k: jax.ShapeDtypeStruct((batch,), dtype, sharding=sharding)
+               for k, dtype in (('label', jax.numpy.int32),
+                                ('mask', jax.numpy.bool_))}}
+    with jax.set_mesh(strategy.mesh), cost.persistent_cache_off(
+        strategy.mesh):
+      step = train.make_eval_step(spec, strategy, state.params, bool(crops))
+      compiled = step.lower(state.params, args).compile()
+    kind = strategy.mesh.devices.flat[0].device_kind
+    lines += [f'eval step ({protocol}, batch {batch}):',
+              *['  ' + line for line in memory_lines(
+                  cost.peak_memory(compiled), kind)]]
+  return lines
+
+
+def dry_run(config: Any, topology_name: str | None = None) -> list[str]:
+  """Compiles the configured train and eval steps for the configured mesh
+  (on this host's devices, or on a described TPU slice) and returns what a
+  user checks before a pod job: placement, collectives, memory per device.
+
+  Raises ValueError (one line, naming the setting at fault) when the mesh
+  does not fit the devices or the batch does not split over it.
+  """
+  from alexnet_jax import cost  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  if topology_name:
+    cost.jax_on_cpu()
+    devices = topology_devices(topology_name)
+  else:
+    devices = cost.compile_devices(config.num_devices)
+  spec = parallel.spec_of(config)
+  strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
+                                      config.batch_size, devices=devices)
+  compiled, state = cost.compile_train_step(config, strategy,
+                                            config.batch_size)
+  kind = devices[0].device_kind
+  lines = [f'dry run: mode {config.mode}, {config.num_devices} of '
+           f'{len(devices)} {kind} devices on {hosts(devices)} hosts, global '
+           f'batch {config.batch_size}; nothing was run.',
+           *placement_lines(strategy.mesh, compiled.as_text()),
+           f'train step (batch {config.batch_size}):',
+           *['  ' + line for line in memory_lines(cost.peak_memory(compiled),
+                                                  kind)]]
+  seconds = compiled.cost_analysis().get('optimal_seconds')
+  if seconds:
+    lines.append(f"  XLA's estimated step time {seconds:.6g} s "
+                 f'({config.batch_size / seconds:,.0f} images/s; an '
+                 'estimate)')
+  return lines + _eval_lines(config, strategy, state)
