@@ -163,8 +163,11 @@ def _metrics(batch: int, net: NetShape, group: int,
 
 
 def analytical_terms(mode: str, num_devices: int, batch: int,
-                     net: NetShape) -> list[Term]:
-  """The transfers SPEC.md section 5 predicts for one train step."""
+                     net: NetShape, fc_shards: int = 1) -> list[Term]:
+  """The transfers SPEC.md section 5 predicts for one train step.
+
+  `fc_shards`: the `fc` axis of mode hybrid_2d.
+  """
   params = net.conv_params + net.fc_params
   if mode == 'single':
     return []
@@ -179,11 +182,25 @@ def analytical_terms(mode: str, num_devices: int, batch: int,
         Term('all-reduce', "bwd: this tower's gradients over data",
              params // net.towers * PARAM_BYTES, rows),
         *_metrics(batch, net, rows, num_devices)]
-  n, t, a = num_devices, net.towers, net.act_bytes
+  if mode == 'hybrid':
+    return [Term('all-reduce', 'bwd: conv gradients',
+                 net.conv_params * PARAM_BYTES, num_devices),
+            *_fc_split_terms(batch, num_devices, net),
+            *_metrics(batch, net, num_devices)]
+  rows = num_devices // fc_shards  # hybrid_2d: rows of `fc_shards` devices.
+  return [Term('all-reduce', 'bwd: conv gradients',
+               net.conv_params * PARAM_BYTES, num_devices),
+          Term('all-reduce', 'bwd: FC gradients over data',
+               net.fc_params // fc_shards * PARAM_BYTES, rows),
+          *_fc_split_terms(batch // rows, fc_shards, net),
+          *_metrics(batch, net, num_devices)]
+
+
+def _fc_split_terms(batch: int, n: int, net: NetShape) -> list[Term]:
+  """The FC layers split n ways by output feature over `batch` images."""
+  t, a = net.towers, net.act_bytes
   fc_in = net.pool5 * t
   return [
-      Term('all-reduce', 'bwd: conv gradients', net.conv_params * PARAM_BYTES,
-           n),
       Term('all-gather', 'fwd: fc6 input, whole batch', batch * fc_in * a, n),
       Term('all-gather', 'fwd: fc6 output features', batch * t * net.fc[0] * a,
            n),
@@ -197,12 +214,11 @@ def analytical_terms(mode: str, num_devices: int, batch: int,
       Term('reduce-scatter', 'bwd: gradient of fc6 output',
            batch * t * net.fc[0] // n * a, n),
       Term('reduce-scatter', 'bwd: gradient of fc7 output',
-           batch * t * net.fc[1] // n * a, n),
-      *_metrics(batch, net, n)]
+           batch * t * net.fc[1] // n * a, n)]
 
 
 def analytical_figures(mode: str, num_devices: int, batch: int,
-                       net: NetShape) -> dict[str, float]:
+                       net: NetShape, fc_shards: int = 1) -> dict[str, float]:
   """Per device per step: FLOPs and parameter bytes.
 
   Training FLOPs: the forward pass, the weight gradients (as much again) and
@@ -213,7 +229,8 @@ def analytical_figures(mode: str, num_devices: int, batch: int,
   per_device = {'single': params, 'data': params,
                 'tower': params / net.towers,
                 'data_tower': params / net.towers,
-                'hybrid': net.conv_params + net.fc_params / num_devices}[mode]
+                'hybrid': net.conv_params + net.fc_params / num_devices,
+                'hybrid_2d': net.conv_params + net.fc_params / fc_shards}[mode]
   macs = 3 * net.macs - net.conv1_macs
   return {'flops': 2 * macs * batch / devices,
           'param_bytes': per_device * PARAM_BYTES,
@@ -288,6 +305,14 @@ def persistent_cache_off(mesh: Any) -> Iterator[None]:
     jax.config.update('jax_enable_compilation_cache', before)
 
 
+def usable_estimate(analysis: dict[str, Any]) -> float | None:
+  """XLA's step-time estimate (`optimal_seconds`), or None where it has
+  none or a negative one (the TPU compiler's for the full-size net: it
+  cannot cost every operation)."""
+  seconds = analysis.get('optimal_seconds')
+  return seconds if seconds is not None and seconds > 0 else None
+
+
 def peak_memory(compiled: Any) -> int:
   """Peak bytes per device of a compiled program."""
   memory = compiled.memory_analysis()
@@ -297,7 +322,8 @@ def peak_memory(compiled: Any) -> int:
 
 
 def measure(config: Any, mode: str, num_devices: int, batch: int,
-            devices: Sequence[Any] | None = None) -> dict[str, Any]:
+            devices: Sequence[Any] | None = None,
+            fc_shards: int | None = None) -> dict[str, Any]:
   """Compiles the train step and reads its collectives, FLOPs and memory.
 
   `devices`: where to compile (default: this process's devices); a TPU
@@ -307,7 +333,7 @@ def measure(config: Any, mode: str, num_devices: int, batch: int,
   from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
   spec = parallel.spec_of(config)
   strategy = parallel.create_strategy(mode, num_devices, spec, batch,
-                                      devices=devices)
+                                      devices=devices, fc_shards=fc_shards)
   compiled, state = compile_train_step(config, strategy, batch)
   text = compiled.as_text()
   analysis = compiled.cost_analysis()
@@ -318,8 +344,10 @@ def measure(config: Any, mode: str, num_devices: int, batch: int,
           'param_bytes': _bytes_per_device(state.params),
           'opt_state_bytes': _bytes_per_device(state.opt_state),
           'peak_memory_bytes': peak,
-          'estimated_step_seconds': analysis.get('optimal_seconds'),
+          'xla_optimal_seconds': analysis.get('optimal_seconds'),
+          'estimated_step_seconds': usable_estimate(analysis),
           'device_kind': kind,
+          'fc_shards': strategy.layout.fc_shards,
           'placement': (topology.placement_lines(strategy.mesh, text)
                         + topology.memory_lines(peak, kind))}
 
@@ -360,10 +388,16 @@ def projection(flops: float, comm_bytes: float, batch: int, link_gbps: float,
 
 
 def report(mode: str, num_devices: int, batch: int, net: NetShape,
-           measured: dict[str, Any] | None) -> dict[str, Any]:
-  """All figures, measured (None if not compiled) and analytical."""
-  expected_terms = analytical_terms(mode, num_devices, batch, net)
-  expected = analytical_figures(mode, num_devices, batch, net)
+           measured: dict[str, Any] | None,
+           fc_shards: int = 1) -> dict[str, Any]:
+  """All figures, measured (None if not compiled) and analytical.
+
+  hybrid_2d's `fc` axis: the compiled program's where there is one.
+  """
+  if measured is not None:
+    fc_shards = measured.get('fc_shards', fc_shards)
+  expected_terms = analytical_terms(mode, num_devices, batch, net, fc_shards)
+  expected = analytical_figures(mode, num_devices, batch, net, fc_shards)
   expected['collective_bytes'] = total_bytes(expected_terms)
   result = {'mode': mode, 'devices': num_devices, 'batch_size': batch,
             'analytical': expected,
@@ -419,6 +453,10 @@ def format_report(result: dict[str, Any]) -> str:
     lines += ['', 'placement (mesh axes on the hardware; collectives by '
               'replica group):', *measured['placement']]
   seconds = measured and measured.get('estimated_step_seconds')
+  raw = measured and measured.get('xla_optimal_seconds')
+  if raw is not None and not seconds:
+    lines += ['', 'XLA gives no usable step-time estimate for this program '
+              f'(optimal_seconds {raw:.6g}).']
   if seconds:
     lines += ['', "XLA's estimate for this device (an estimate, not a "
               'measurement):',

@@ -9,8 +9,10 @@ gathered. `Layout` tells the module which mesh axes, if any, it runs under:
     `all_gather` over that axis and each device holds one tower's slice.
   * `batch_axis`: the batch is split across devices (data parallelism).
   * `fc_axis`: the output features of the fully-connected layers are split
-    across devices (the FC half of the OWT hybrid). When it equals
-    `batch_axis`, the FC layers first gather the whole batch.
+    across devices (the FC half of the OWT hybrid). When it is (one of) the
+    batch axes, the FC layers first gather the batch over it: the whole
+    batch when it is the only one, the batch of a row of the mesh when
+    `batch_axis` is (`data`, `fc`).
 
 With an empty `Layout` (one device) the same code runs all towers locally.
 Shapes declared here are the shapes each device holds.
@@ -145,7 +147,7 @@ class Layout:
   """Mesh axes the model runs under, and their sizes (static)."""
   tower_axis: str | None = None
   tower_shards: int = 1
-  batch_axis: str | None = None
+  batch_axis: str | tuple[str, ...] | None = None
   batch_shards: int = 1
   fc_axis: str | None = None
   fc_shards: int = 1
@@ -418,10 +420,27 @@ class AlexNet(nn.Module):
   def _axis_index(self, axis: str | None):
     return jax.lax.axis_index(axis) if axis else 0
 
+  def _fc_gathers_batch(self) -> bool:
+    """Whether the FC layers gather the batch over the feature axis."""
+    lay = self.layout
+    axes = lay.batch_axis if isinstance(lay.batch_axis, tuple) else (
+        lay.batch_axis,)
+    return lay.fc_axis is not None and lay.fc_axis in axes
+
   def _fc_batch_shards(self) -> int:
     """How many devices split the batch that the FC layers see."""
     lay = self.layout
-    return 1 if lay.fc_axis == lay.batch_axis else lay.batch_shards
+    if self._fc_gathers_batch():
+      return lay.batch_shards // lay.fc_shards
+    return lay.batch_shards
+
+  def _row_axes(self):
+    """The batch axes other than the FC feature axis (hybrid_2d: `data`)."""
+    lay = self.layout
+    if not isinstance(lay.batch_axis, tuple):
+      return None
+    rows = tuple(a for a in lay.batch_axis if a != lay.fc_axis)
+    return rows or None
 
   def _dense(self, name: str, x: jax.Array, features: int) -> jax.Array:
     """x [B, in] (all towers' inputs) -> [B, local towers, local features]."""
@@ -477,9 +496,9 @@ class AlexNet(nn.Module):
     h = self._gather_towers(xs)
     h = h.reshape(h.shape[0], -1)
     batch_offset = self._axis_index(lay.batch_axis) * h.shape[0]
-    if lay.fc_axis and lay.fc_axis == lay.batch_axis:
-      h = jax.lax.all_gather(h, lay.batch_axis, axis=0, tiled=True)
-      batch_offset = 0
+    if self._fc_gathers_batch():
+      h = jax.lax.all_gather(h, lay.fc_axis, axis=0, tiled=True)
+      batch_offset = self._axis_index(self._row_axes()) * h.shape[0]
 
     classes_per_tower = s.num_classes // s.num_towers
     for name, features in zip(FC_LAYERS, (*s.fc_features, classes_per_tower)):
@@ -495,10 +514,10 @@ class AlexNet(nn.Module):
 
     logits = self._gather_features(record('fc8', y), invariant=True)
     self.sow('intermediates', 'layer_outputs', outputs)
-    if lay.fc_axis and lay.fc_axis == lay.batch_axis:
-      local = logits.shape[0] // lay.batch_shards
+    if self._fc_gathers_batch():
+      local = logits.shape[0] // lay.fc_shards
       logits = jax.lax.dynamic_slice_in_dim(
-          logits, self._axis_index(lay.batch_axis) * local, local, 0)
+          logits, self._axis_index(lay.fc_axis) * local, local, 0)
     return logits.astype(jnp.float32)
 
 

@@ -11,6 +11,10 @@ model or the trainer:
               batch split over `data`; how the two-tower net scales.
   hybrid      OWT: conv layers data-parallel, FC layers' output features
               split over the same `data` axis (model-parallel).
+  hybrid_2d   the hybrid at scale: a 2-D mesh `data` x `fc`, `fc` within a
+              host. Convs data-parallel over every device; FC features
+              split over `fc` only, each host's FC layers seeing its own
+              hosts' batch; FC gradients all-reduced over `data`.
 """
 
 import dataclasses
@@ -24,7 +28,7 @@ import numpy as np
 
 from alexnet_jax import models
 
-MODES = ('single', 'data', 'tower', 'data_tower', 'hybrid')
+MODES = ('single', 'data', 'tower', 'data_tower', 'hybrid', 'hybrid_2d')
 
 
 def request_cpu_devices(num_devices: int) -> None:
@@ -115,8 +119,9 @@ class Strategy:
                         self.param_specs(params))
 
 
-def _mesh_shape(mode: str, num_devices: int, towers: int):
+def _mesh_shape(mode: str, num_devices: int, towers: int, fc_shards: int = 1):
   return {
+      'hybrid_2d': ((num_devices // fc_shards, fc_shards), ('data', 'fc')),
       'single': ((1,), ('data',)),
       'data': ((num_devices,), ('data',)),
       'tower': ((towers,), ('tower',)),
@@ -126,8 +131,11 @@ def _mesh_shape(mode: str, num_devices: int, towers: int):
 
 
 def validate(mode: str, num_devices: int, spec: models.AlexNetSpec,
-             batch_size: int, available: int) -> None:
-  """Raises a one-line ValueError naming the config key at fault."""
+             batch_size: int, available: int, fc_shards: int = 1) -> None:
+  """Raises a one-line ValueError naming the config key at fault.
+
+  `fc_shards`: the `fc` axis of mode hybrid_2d.
+  """
   towers = spec.num_towers
   if mode not in MODES:
     raise ValueError(f'config.mode: unknown {mode!r}; choose from {MODES}')
@@ -149,12 +157,16 @@ def validate(mode: str, num_devices: int, spec: models.AlexNetSpec,
   if mode in ('data', 'data_tower', 'hybrid') and batch_size % data_shards:
     raise ValueError(f'config.batch_size: {batch_size} does not split over '
                      f'the {data_shards}-way data axis')
-  if mode == 'hybrid':
+  if mode == 'hybrid_2d' and batch_size % num_devices:
+    raise ValueError(f'config.batch_size: {batch_size} does not split over '
+                     f'the {num_devices} devices')
+  if mode in ('hybrid', 'hybrid_2d'):
+    split = num_devices if mode == 'hybrid' else fc_shards
     for width in (*spec.fc_features, spec.num_classes // towers):
-      if width % num_devices:
+      if width % split:
         raise ValueError(
-            f'config.num_devices: hybrid mode splits FC layers of width '
-            f'{width} per tower, which {num_devices} devices do not divide')
+            f'config.num_devices: {mode} mode splits FC layers of width '
+            f'{width} per tower {split} ways, which does not divide it')
 
 
 def placement_order(devices: Sequence[Any]) -> list[Any]:
@@ -172,17 +184,28 @@ def placement_order(devices: Sequence[Any]) -> list[Any]:
   return sorted(devices, key=key)
 
 
+def devices_per_host(devices: Sequence[Any], num_devices: int) -> int:
+  """The `fc` axis of hybrid_2d: as many of the first host's devices as
+  divide `num_devices`."""
+  first = devices[0].process_index
+  return math.gcd(sum(d.process_index == first for d in devices[:num_devices]),
+                  num_devices)
+
+
 def create_strategy(mode: str, num_devices: int, spec: models.AlexNetSpec,
-                    batch_size: int,
-                    devices: Sequence[Any] | None = None) -> Strategy:
+                    batch_size: int, devices: Sequence[Any] | None = None,
+                    fc_shards: int | None = None) -> Strategy:
   """Validates the request and builds the mesh and layout for `mode`.
 
   `devices`: where the mesh goes (default `jax.devices()`); a TPU
   topology's device descriptions compile ahead of time without a TPU.
+  `fc_shards`: hybrid_2d's `fc` axis (default: the devices of one host).
   """
   devices = placement_order(jax.devices() if devices is None else devices)
-  validate(mode, num_devices, spec, batch_size, len(devices))
-  shape, names = _mesh_shape(mode, num_devices, spec.num_towers)
+  if fc_shards is None:
+    fc_shards = devices_per_host(devices, num_devices) if devices else 1
+  validate(mode, num_devices, spec, batch_size, len(devices), fc_shards)
+  shape, names = _mesh_shape(mode, num_devices, spec.num_towers, fc_shards)
   mesh = Mesh(np.array(devices[:math.prod(shape)]).reshape(shape), names,
               axis_types=(AxisType.Explicit,) * len(shape))
   sizes = dict(zip(names, shape))
@@ -196,6 +219,9 @@ def create_strategy(mode: str, num_devices: int, spec: models.AlexNetSpec,
   if mode == 'hybrid':
     layout = dataclasses.replace(layout, fc_axis='data',
                                  fc_shards=sizes['data'])
+  if mode == 'hybrid_2d':
+    layout = models.Layout(batch_axis=('data', 'fc'), batch_shards=num_devices,
+                           fc_axis='fc', fc_shards=fc_shards)
   return Strategy(mode, mesh, layout)
 
 

@@ -36,6 +36,7 @@ hierarchical all-reduce algorithms, small-batch inefficiency of the compute
 """
 
 import dataclasses
+import math
 import os
 import sys
 from typing import Any
@@ -48,7 +49,8 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 
 GRADIENT_TERMS = ('bwd: every gradient', 'bwd: conv gradients',
-                  "bwd: this tower's gradients over data")
+                  "bwd: this tower's gradients over data",
+                  'bwd: FC gradients over data')
 BACKWARD_SHARE = 2 / 3  # Weight and input gradients: twice the forward.
 UPDATE_TRAFFIC = 5  # Bytes moved per parameter byte: read w, g, v; write w, v.
 IMAGENET_TRAIN = 1_281_167
@@ -122,11 +124,20 @@ def _ring_steps(kind: str, group: int) -> int:
   return 2 * (group - 1) if kind == 'all-reduce' else group - 1
 
 
+def fc_shards(num_devices: int, hw: Hardware) -> int:
+  """hybrid_2d's `fc` axis: the devices of one node."""
+  return math.gcd(num_devices, hw.devices_per_node)
+
+
 def _crosses_nodes(mode: str, term: cost.Term, num_devices: int,
                    net: cost.NetShape, hw: Hardware) -> bool:
-  """Whether a collective's group spans nodes. The tower axis is innermost
-  (`parallel.placement_order`): towers of one replica share a node."""
-  if mode == 'data_tower' and term.group == net.towers:
+  """Whether a collective's group spans nodes. The inner mesh axis (tower,
+  or hybrid_2d's fc) holds neighbours (`parallel.placement_order`): its
+  groups stay in one node; gradient and metric reductions span the mesh."""
+  inner = {'data_tower': net.towers,
+           'hybrid_2d': fc_shards(num_devices, hw)}.get(mode)
+  if (inner and term.group == inner and term.what not in GRADIENT_TERMS
+      and not term.what.startswith('metrics')):
     return False
   return num_devices > hw.devices_per_node and term.group > 1
 
@@ -159,10 +170,11 @@ def project(mode: str, num_devices: int, batch: int, net: cost.NetShape,
   """The step of `mode` on `num_devices` at global batch `batch`."""
   if num_devices == 1:
     mode = 'single'
-  figures = cost.analytical_figures(mode, num_devices, batch, net)
+  fc = fc_shards(num_devices, hw)
+  figures = cost.analytical_figures(mode, num_devices, batch, net, fc)
   compute = figures['flops'] / rate
   grad, critical = 0.0, 0.0
-  for term in cost.analytical_terms(mode, num_devices, batch, net):
+  for term in cost.analytical_terms(mode, num_devices, batch, net, fc):
     seconds = transfer_seconds(mode, term, num_devices, net, hw)
     if term.what in GRADIENT_TERMS:
       grad += seconds
@@ -201,7 +213,8 @@ def plan(hw: Hardware, modes: list[str], device_counts: list[int],
     for n in device_counts:
       batch = global_batch or batch_per_device * n
       try:
-        parallel.validate('single' if n == 1 else mode, n, spec, batch, n)
+        parallel.validate('single' if n == 1 else mode, n, spec, batch, n,
+                          fc_shards(n, hw))
       except ValueError as error:
         skipped.append(f'{mode} on {n}: {error}')
         continue

@@ -231,7 +231,7 @@ def dry_run(config: Any, topology_name: str | None = None) -> list[str]:
            f'train step (batch {config.batch_size}):',
            *['  ' + line for line in memory_lines(cost.peak_memory(compiled),
                                                   kind)]]
-  seconds = compiled.cost_analysis().get('optimal_seconds')
+  seconds = cost.usable_estimate(compiled.cost_analysis())
   if seconds:
     lines.append(f"  XLA's estimated step time {seconds:.6g} s "
                  f'({config.batch_size / seconds:,.0f} images/s; an '
