@@ -121,12 +121,12 @@ class Strategy:
 
 def _mesh_shape(mode: str, num_devices: int, towers: int, fc_shards: int = 1):
   return {
-      'hybrid_2d': ((num_devices // fc_shards, fc_shards), ('data', 'fc')),
       'single': ((1,), ('data',)),
       'data': ((num_devices,), ('data',)),
       'tower': ((towers,), ('tower',)),
       'data_tower': ((num_devices // towers, towers), ('data', 'tower')),
       'hybrid': ((num_devices,), ('data',)),
+      'hybrid_2d': ((num_devices // fc_shards, fc_shards), ('data', 'fc')),
   }[mode]
 
 

@@ -142,8 +142,10 @@ def collective_placement(hlo_text: str,
 def placement_lines(mesh: Any, hlo_text: str | None = None) -> list[str]:
   """Human-readable placement: mesh axes on the hardware, collectives."""
   devices = list(mesh.devices.flat)
+  count = hosts(devices)
   lines = [f'mesh {dict(mesh.shape)} on {len(devices)} '
-           f'{devices[0].device_kind} devices, {hosts(devices)} hosts']
+           f'{devices[0].device_kind} devices, {count} '
+           f'host{"s" if count > 1 else ""}']
   for a in axis_placement(mesh):
     where = 'within a host' if a['within_host'] else 'across hosts'
     lines.append(f'  axis {a["axis"]} (size {a["size"]}): physical '
@@ -225,8 +227,8 @@ def dry_run(config: Any, topology_name: str | None = None) -> list[str]:
                                             config.batch_size)
   kind = devices[0].device_kind
   lines = [f'dry run: mode {config.mode}, {config.num_devices} of '
-           f'{len(devices)} {kind} devices on {hosts(devices)} hosts, global '
-           f'batch {config.batch_size}; nothing was run.',
+           f'{len(devices)} {kind} devices on {hosts(devices)} host(s), '
+           f'global batch {config.batch_size}; nothing was run.',
            *placement_lines(strategy.mesh, compiled.as_text()),
            f'train step (batch {config.batch_size}):',
            *['  ' + line for line in memory_lines(cost.peak_memory(compiled),
