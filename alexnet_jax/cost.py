@@ -31,6 +31,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
 from absl import app
@@ -253,7 +254,7 @@ def abstract_train_state(spec, strategy, tx) -> Any:
                                                      sharding=sharding)
   params = parallel.abstract_params(spec)
   params = jax.tree.map(shaped, params, strategy.param_shardings(params))
-  with jax.set_mesh(strategy.mesh), persistent_cache_off(strategy.mesh):
+  with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
     init = jax.jit(tx.init).lower(params).compile()
   opt_state = jax.tree.map(shaped, jax.eval_shape(tx.init, params),
                            init.output_shardings)
@@ -282,27 +283,25 @@ def compile_train_step(config: Any, strategy: Any, batch: int) -> tuple[
                                     sharding=sharding),
       'label': jax.ShapeDtypeStruct((batch,), jax.numpy.int32,
                                     sharding=sharding)}
-  with jax.set_mesh(strategy.mesh), persistent_cache_off(strategy.mesh):
+  with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
     step = train.make_train_step(spec, strategy, tx, state)
     compiled = step.lower(state, batch_args, 0.01, key).compile()
   return compiled, state
 
 
 @contextlib.contextmanager
-def persistent_cache_off(mesh: Any) -> Iterator[None]:
-  """Turns JAX's persistent compilation cache off while compiling for
+def quiet_cache_reads(mesh: Any) -> Iterator[None]:
+  """Silences JAX's persistent-cache read warnings while compiling for
   devices this process has no client for (a described TPU slice): such
-  programs are written to the cache but cannot be read back."""
+  programs are written to the cache but cannot be loaded back, so every
+  read fails harmlessly and the program is compiled again."""
   import jax  # pylint: disable=g-import-not-at-top
   reachable = set(jax.devices()) | set(jax.devices('cpu'))
-  described = not set(mesh.devices.flat) <= reachable
-  before = jax.config.jax_enable_compilation_cache
-  if described:
-    jax.config.update('jax_enable_compilation_cache', False)
-  try:
+  with warnings.catch_warnings():
+    if not set(mesh.devices.flat) <= reachable:
+      warnings.filterwarnings(
+          'ignore', message='Error reading persistent compilation cache')
     yield
-  finally:
-    jax.config.update('jax_enable_compilation_cache', before)
 
 
 def usable_estimate(analysis: dict[str, Any]) -> float | None:

@@ -194,7 +194,7 @@ def _eval_lines(config: Any, strategy: Any, state: Any) -> list[str]:
             **{k: jax.ShapeDtypeStruct((batch,), dtype, sharding=sharding)
                for k, dtype in (('label', jax.numpy.int32),
                                 ('mask', jax.numpy.bool_))}}
-    with jax.set_mesh(strategy.mesh), cost.persistent_cache_off(
+    with jax.set_mesh(strategy.mesh), cost.quiet_cache_reads(
         strategy.mesh):
       step = train.make_eval_step(spec, strategy, state.params, bool(crops))
       compiled = step.lower(state.params, args).compile()

@@ -60,6 +60,15 @@ def test_tower_axis_stays_on_one_host_and_data_crosses_hosts(
   assert sum(abs(a - b) for a, b in zip(pair[0].coords, pair[1].coords)) == 1
 
 
+def test_hybrid_2d_splits_fc_within_a_host_and_batch_across_hosts(
+    small_spec, slice_devices):
+  strategy = parallel.create_strategy('hybrid_2d', 8, small_spec, 8,
+                                      devices=slice_devices)
+  axes = {a['axis']: a for a in topology.axis_placement(strategy.mesh)}
+  assert dict(strategy.mesh.shape) == {'data': 2, 'fc': 4}  # 4 chips a host.
+  assert axes['fc']['within_host'] and not axes['data']['within_host']
+
+
 def test_replica_groups_in_every_hlo_form():
   assert topology.replica_groups(
       'all-gather(x), replica_groups={{0,1},{2,3}}, dimensions={0}', 4) == [
