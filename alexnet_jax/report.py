@@ -177,7 +177,7 @@ def main(argv, flag: dict[str, Any]) -> None:
       raise app.UsageError(f'--scaling: one of {sorted(plan.HARDWARE)}')
     cost.jax_on_cpu()
     print(scaling.write(flag['scaling'].value, flag['out'].value,
-                        flag['cost_json'].value))
+                        flag['cost_json'].value, intro=flag['intro'].value))
     return
   if len(argv) < 2:
     raise app.UsageError('give at least one workdir')

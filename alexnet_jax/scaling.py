@@ -18,7 +18,7 @@ come from:
 import functools
 import json
 import os
-from typing import Any
+import re
 
 from alexnet_jax import cost
 from alexnet_jax import models
@@ -95,7 +95,8 @@ def _compiled_table(paths: list[str]) -> str:
     with open(path) as f:
       result = json.load(f)
     m = result['measured']
-    hosts = next((line.split(', ')[-1] for line in m.get('placement', [])
+    hosts = next((re.search(r'(\d+) hosts?$', line).group(1)
+                  for line in m.get('placement', [])
                   if line.startswith('mesh ')), '-')
     hbm = m.get('device_kind') and m['peak_memory_bytes'] / max(
         1, _hbm(m['device_kind']))
@@ -132,7 +133,8 @@ def _plot(rows: list[plan.Row], title: str, path: str) -> None:
 
 
 def write(hardware: str, out_dir: str, cost_json: list[str],
-          batch_per_device: int = 128, global_batch: int = 1024) -> str:
+          batch_per_device: int = 128, global_batch: int = 1024,
+          intro: str = '') -> str:
   """Writes out_dir/README.md and two PNGs; returns the Markdown."""
   hw = plan.HARDWARE[hardware]
   os.makedirs(out_dir, exist_ok=True)
@@ -147,7 +149,7 @@ def write(hardware: str, out_dir: str, cost_json: list[str],
     batch, rival = crossover_batch(hw, n)
     crossings.append(f'| {n} | {batch or "beyond 131072"} | {rival or "-"} |')
   parts = [
-      f'# Which strategy wins where ({hw.name})',
+      f'# Which strategy wins where ({hw.name})', *([intro] if intro else []),
       '**Projected, not measured**: `alexnet_jax.plan`, from one device\'s '
       f'step and datasheet links. Sources: {hw.sources}',
       'data, tower and data_tower run the paper\'s two-tower net; hybrid and '

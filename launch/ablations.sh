@@ -90,7 +90,13 @@ scaling() {
     done
   done
   "$python" -m alexnet_jax.report --scaling=h100_sxm8 --out="$scaling_dir" \
-    --cost_json="$(IFS=,; echo "${jsons[*]}")"
+    --cost_json="$(IFS=,; echo "${jsons[*]}")" --intro="$(cat <<INTRO
+Made by \`SCALING_ONLY=1 launch/ablations.sh\`: the TPU table compiles the
+full-size train step for ${TPU_SLICES:-v5e:2x2 v5e:4x4} (128 images per
+chip) with \`python -m alexnet_jax.cost --topology\`; everything else is
+\`alexnet_jax.plan\`'s projection. Nothing here ran on a GPU or a TPU.
+INTRO
+)"
 }
 
 mkdir -p "$runs_dir"

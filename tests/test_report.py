@@ -85,5 +85,5 @@ def test_scaling_study_names_winners_crossovers_and_compiled_slices(
   # Two devices: every mode runs, and one of them is named the winner.
   assert rows[0][-1].rstrip(' |') in ('data', 'tower', 'data_tower',
                                       'hybrid', 'hybrid_2d')
-  assert '| 16 | 4 hosts | 2048 | 3.0 | 1.00 | 6.2% |' in text
+  assert '| data_tower | 16 | 4 | 2048 | 3.0 | 1.00 | 6.2% |' in text
   assert (tmp_path / 'study' / 'per_device_batch.png').stat().st_size > 1000
