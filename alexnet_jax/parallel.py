@@ -13,8 +13,8 @@ model or the trainer:
               split over the same `data` axis (model-parallel).
   hybrid_2d   the hybrid at scale: a 2-D mesh `data` x `fc`, `fc` within a
               host. Convs data-parallel over every device; FC features
-              split over `fc` only, each host's FC layers seeing its own
-              hosts' batch; FC gradients all-reduced over `data`.
+              split over `fc` only, each host's FC layers seeing that host's
+              batch; FC gradients all-reduced over `data`.
 """
 
 import dataclasses
