@@ -490,6 +490,9 @@ def _define_flags() -> dict[str, Any]:
           'topology', None, 'Compile for a TPU slice, e.g. v5e:4x4 (16 '
           "chips, 4 hosts); needs the TPU runtime (pip install -e '.[tpu]'), "
           'not a TPU. --devices defaults to every chip of the slice.'),
+      'fc_shards': flags.DEFINE_integer(
+          'fc_shards', None, "Mode hybrid_2d: the fc axis, devices per host "
+          "(default: one host's devices; needed with --analytical_only)."),
       'json_out': flags.DEFINE_string(
           'json_out', None, 'Also write the figures as JSON here.'),
   }
@@ -528,15 +531,22 @@ def main(argv, flag: dict[str, Any]) -> None:
                    or (len(devices) if devices else config.num_devices))
     if not analytical_only and devices is None:
       devices = compile_devices(num_devices)
+    fc_shards = flag['fc_shards'].value
+    if devices and fc_shards is None:
+      fc_shards = parallel.devices_per_host(
+          parallel.placement_order(devices), num_devices)
     parallel.validate(config.mode, num_devices, spec, batch,
-                      len(devices) if devices else num_devices)
+                      len(devices) if devices else num_devices,
+                      fc_shards or 1)
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
   net = net_shape(spec)
   measured = (None if analytical_only
-              else measure(config, config.mode, num_devices, batch, devices))
-  result = report(config.mode, num_devices, batch, net, measured)
+              else measure(config, config.mode, num_devices, batch, devices,
+                            fc_shards))
+  result = report(config.mode, num_devices, batch, net, measured,
+                  fc_shards or 1)
   link, tflops = flag['link_gbps'].value, flag['device_tflops'].value
   if link and tflops:
     source = measured or result['analytical']

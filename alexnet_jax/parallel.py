@@ -157,6 +157,9 @@ def validate(mode: str, num_devices: int, spec: models.AlexNetSpec,
   if mode in ('data', 'data_tower', 'hybrid') and batch_size % data_shards:
     raise ValueError(f'config.batch_size: {batch_size} does not split over '
                      f'the {data_shards}-way data axis')
+  if mode == 'hybrid_2d' and (fc_shards < 1 or num_devices % fc_shards):
+    raise ValueError(f'config.num_devices: {num_devices} devices do not form '
+                     f'rows of {fc_shards} (the fc axis of mode hybrid_2d)')
   if mode == 'hybrid_2d' and batch_size % num_devices:
     raise ValueError(f'config.batch_size: {batch_size} does not split over '
                      f'the {num_devices} devices')

@@ -188,3 +188,9 @@ def test_hybrid_2d_splits_fc_within_a_row_and_reduces_fc_over_rows(
   # Conv gradients over all 4 devices, this row's half of the FC gradients
   # over the 2 rows, and the logits' gradient within a row.
   assert conv + fc // 2 <= reduced < conv + fc // 2 + BATCH * 64
+
+
+def test_hybrid_2d_rows_must_fill_the_devices(small_spec):
+  with pytest.raises(ValueError, match=r'^config\.num_devices: 4 devices do '
+                     'not form rows of 3'):
+    parallel.create_strategy('hybrid_2d', 4, small_spec, BATCH, fc_shards=3)
