@@ -1,12 +1,17 @@
 """What one train step costs per device: communication, FLOPs, memory.
 
   python -m alexnet_jax.cost --config=configs/two_tower.py [--devices=N]
-      [--batch_size=B] [--link_gbps=G --device_tflops=F] [--analytical_only]
-      [--json_out=PATH] [--config.model.input_size=67 ...]
+      [--batch_size=B] [--topology=v5e:4x4] [--link_gbps=G --device_tflops=F]
+      [--analytical_only] [--json_out=PATH] [--config.model.input_size=67 ...]
 
 Compiles the real train step (`train.make_train_step`) of the configured
-execution mode, simulating CPU devices when there are too few, and reads
-from the compiled program every collective, its FLOPs and its memory. Beside
+execution mode, on this host's devices or simulated CPU devices when there
+are too few, or with --topology for a TPU slice described by the TPU
+runtime (no TPU needed), and reads from the compiled program every
+collective, its FLOPs and its memory. For a TPU slice it adds where each
+mesh axis and collective lies (within a host or across hosts), peak memory
+against the chip's HBM, and XLA's estimate of the step time
+(`estimated_step_seconds`). Beside
 each measured figure it prints the analytical expectation (SPEC.md section
 5), so the cost model and the code are checked against each other; with
 --analytical_only it prints the model alone, for device counts that cannot
@@ -20,12 +25,14 @@ size of the replica group. Measured and analytical figures both go through
 `received_bytes`, so they are comparable by construction.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import re
 import sys
-from typing import Any, Iterable
+import warnings
+from typing import Any, Iterable, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -157,8 +164,11 @@ def _metrics(batch: int, net: NetShape, group: int,
 
 
 def analytical_terms(mode: str, num_devices: int, batch: int,
-                     net: NetShape) -> list[Term]:
-  """The transfers SPEC.md section 5 predicts for one train step."""
+                     net: NetShape, fc_shards: int = 1) -> list[Term]:
+  """The transfers SPEC.md section 5 predicts for one train step.
+
+  `fc_shards`: the `fc` axis of mode hybrid_2d.
+  """
   params = net.conv_params + net.fc_params
   if mode == 'single':
     return []
@@ -173,11 +183,25 @@ def analytical_terms(mode: str, num_devices: int, batch: int,
         Term('all-reduce', "bwd: this tower's gradients over data",
              params // net.towers * PARAM_BYTES, rows),
         *_metrics(batch, net, rows, num_devices)]
-  n, t, a = num_devices, net.towers, net.act_bytes
+  if mode == 'hybrid':
+    return [Term('all-reduce', 'bwd: conv gradients',
+                 net.conv_params * PARAM_BYTES, num_devices),
+            *_fc_split_terms(batch, num_devices, net),
+            *_metrics(batch, net, num_devices)]
+  rows = num_devices // fc_shards  # hybrid_2d: rows of `fc_shards` devices.
+  return [Term('all-reduce', 'bwd: conv gradients',
+               net.conv_params * PARAM_BYTES, num_devices),
+          Term('all-reduce', 'bwd: FC gradients over data',
+               net.fc_params // fc_shards * PARAM_BYTES, rows),
+          *_fc_split_terms(batch // rows, fc_shards, net),
+          *_metrics(batch, net, num_devices)]
+
+
+def _fc_split_terms(batch: int, n: int, net: NetShape) -> list[Term]:
+  """The FC layers split n ways by output feature over `batch` images."""
+  t, a = net.towers, net.act_bytes
   fc_in = net.pool5 * t
   return [
-      Term('all-reduce', 'bwd: conv gradients', net.conv_params * PARAM_BYTES,
-           n),
       Term('all-gather', 'fwd: fc6 input, whole batch', batch * fc_in * a, n),
       Term('all-gather', 'fwd: fc6 output features', batch * t * net.fc[0] * a,
            n),
@@ -191,12 +215,11 @@ def analytical_terms(mode: str, num_devices: int, batch: int,
       Term('reduce-scatter', 'bwd: gradient of fc6 output',
            batch * t * net.fc[0] // n * a, n),
       Term('reduce-scatter', 'bwd: gradient of fc7 output',
-           batch * t * net.fc[1] // n * a, n),
-      *_metrics(batch, net, n)]
+           batch * t * net.fc[1] // n * a, n)]
 
 
 def analytical_figures(mode: str, num_devices: int, batch: int,
-                       net: NetShape) -> dict[str, float]:
+                       net: NetShape, fc_shards: int = 1) -> dict[str, float]:
   """Per device per step: FLOPs and parameter bytes.
 
   Training FLOPs: the forward pass, the weight gradients (as much again) and
@@ -207,7 +230,8 @@ def analytical_figures(mode: str, num_devices: int, batch: int,
   per_device = {'single': params, 'data': params,
                 'tower': params / net.towers,
                 'data_tower': params / net.towers,
-                'hybrid': net.conv_params + net.fc_params / num_devices}[mode]
+                'hybrid': net.conv_params + net.fc_params / num_devices,
+                'hybrid_2d': net.conv_params + net.fc_params / fc_shards}[mode]
   macs = 3 * net.macs - net.conv1_macs
   return {'flops': 2 * macs * batch / devices,
           'param_bytes': per_device * PARAM_BYTES,
@@ -221,36 +245,109 @@ def _bytes_per_device(tree: Any) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def measure(config: Any, mode: str, num_devices: int,
-            batch: int) -> dict[str, Any]:
-  """Compiles the train step and reads its collectives, FLOPs and memory."""
+def abstract_train_state(spec, strategy, tx) -> Any:
+  """The train state's shapes and shardings, nothing allocated: what ahead-
+  of-time compilation for devices this process cannot reach needs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  shaped = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                     sharding=sharding)
+  params = parallel.abstract_params(spec)
+  params = jax.tree.map(shaped, params, strategy.param_shardings(params))
+  with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
+    init = jax.jit(tx.init).lower(params).compile()
+  opt_state = jax.tree.map(shaped, jax.eval_shape(tx.init, params),
+                           init.output_shardings)
+  step = jax.ShapeDtypeStruct((), jax.numpy.int32,
+                              sharding=strategy.replicated())
+  return train.TrainState(step, params, opt_state)
+
+
+def compile_train_step(config: Any, strategy: Any, batch: int) -> tuple[
+    Any, Any]:
+  """(compiled train step, abstract state) for a global batch of `batch`."""
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   from alexnet_jax.data import device  # pylint: disable=g-import-not-at-top
   spec = parallel.spec_of(config)
-  strategy = parallel.create_strategy(mode, num_devices, spec, batch)
-  with jax.set_mesh(strategy.mesh):
-    tx = optim.create_optimizer(config.optimizer,
-                                parallel.abstract_params(spec))
-    state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
+  tx = optim.create_optimizer(config.optimizer,
+                              parallel.abstract_params(spec))
+  state = abstract_train_state(spec, strategy, tx)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  key = jax.ShapeDtypeStruct(key.shape, key.dtype,
+                             sharding=strategy.replicated())
+  batch_args = {k: jax.ShapeDtypeStruct(shape, dtype,
+                                        sharding=strategy.batch_sharding())
+                for k, (shape, dtype) in device.train_batch_shapes(
+                    batch, spec.input_size).items()}
+  with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
     step = train.make_train_step(spec, strategy, tx, state,
                                  device.Normalization.from_config(config))
-    shapes = device.train_batch_shapes(batch, spec.input_size)
-    batch_like = {k: jax.ShapeDtypeStruct(shape, dtype,
-                                          sharding=strategy.batch_sharding())
-                  for k, (shape, dtype) in shapes.items()}
-    compiled = step.lower(state, batch_like, 0.01,
-                          jax.random.key(0)).compile()
+    compiled = step.lower(state, batch_args, 0.01, key).compile()
+  return compiled, state
+
+
+@contextlib.contextmanager
+def quiet_cache_reads(mesh: Any) -> Iterator[None]:
+  """Silences JAX's persistent-cache read warnings while compiling for
+  devices this process has no client for (a described TPU slice): such
+  programs are written to the cache but cannot be loaded back, so every
+  read fails harmlessly and the program is compiled again."""
+  import jax  # pylint: disable=g-import-not-at-top
+  reachable = set(jax.devices()) | set(jax.devices('cpu'))
+  with warnings.catch_warnings():
+    if not set(mesh.devices.flat) <= reachable:
+      warnings.filterwarnings(
+          'ignore', message='Error reading persistent compilation cache')
+    yield
+
+
+def usable_estimate(analysis: dict[str, Any]) -> float | None:
+  """XLA's step-time estimate (`optimal_seconds`), or None where it has
+  none or a negative one (the TPU compiler's for the full-size net: it
+  cannot cost every operation)."""
+  seconds = analysis.get('optimal_seconds')
+  return seconds if seconds is not None and seconds > 0 else None
+
+
+def peak_memory(compiled: Any) -> int:
+  """Peak bytes per device of a compiled program."""
   memory = compiled.memory_analysis()
-  peak = memory.peak_memory_in_bytes or (
+  return memory.peak_memory_in_bytes or (
       memory.argument_size_in_bytes + memory.output_size_in_bytes
       - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-  return {'terms': measured_terms(compiled.as_text(), num_devices),
-          'flops': compiled.cost_analysis()['flops'],
+
+
+def measure(config: Any, mode: str, num_devices: int, batch: int,
+            devices: Sequence[Any] | None = None,
+            fc_shards: int | None = None) -> dict[str, Any]:
+  """Compiles the train step and reads its collectives, FLOPs and memory.
+
+  `devices`: where to compile (default: this process's devices); a TPU
+  topology's devices (`topology.topology_devices`) add XLA's estimate of the
+  step time and the placement of every collective on the slice's hosts.
+  """
+  from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
+  spec = parallel.spec_of(config)
+  strategy = parallel.create_strategy(mode, num_devices, spec, batch,
+                                      devices=devices, fc_shards=fc_shards)
+  compiled, state = compile_train_step(config, strategy, batch)
+  text = compiled.as_text()
+  analysis = compiled.cost_analysis()
+  kind = strategy.mesh.devices.flat[0].device_kind
+  peak = peak_memory(compiled)
+  return {'terms': measured_terms(text, num_devices),
+          'flops': analysis['flops'],
           'param_bytes': _bytes_per_device(state.params),
           'opt_state_bytes': _bytes_per_device(state.opt_state),
-          'peak_memory_bytes': peak}
+          'peak_memory_bytes': peak,
+          'xla_optimal_seconds': analysis.get('optimal_seconds'),
+          'estimated_step_seconds': usable_estimate(analysis),
+          'device_kind': kind,
+          'fc_shards': strategy.layout.fc_shards,
+          'placement': (topology.placement_lines(strategy.mesh, text)
+                        + topology.memory_lines(peak, kind))}
 
 
 def total_bytes(terms: Iterable[Term]) -> int:
@@ -289,10 +386,16 @@ def projection(flops: float, comm_bytes: float, batch: int, link_gbps: float,
 
 
 def report(mode: str, num_devices: int, batch: int, net: NetShape,
-           measured: dict[str, Any] | None) -> dict[str, Any]:
-  """All figures, measured (None if not compiled) and analytical."""
-  expected_terms = analytical_terms(mode, num_devices, batch, net)
-  expected = analytical_figures(mode, num_devices, batch, net)
+           measured: dict[str, Any] | None,
+           fc_shards: int = 1) -> dict[str, Any]:
+  """All figures, measured (None if not compiled) and analytical.
+
+  hybrid_2d's `fc` axis: the compiled program's where there is one.
+  """
+  if measured is not None:
+    fc_shards = measured.get('fc_shards', fc_shards)
+  expected_terms = analytical_terms(mode, num_devices, batch, net, fc_shards)
+  expected = analytical_figures(mode, num_devices, batch, net, fc_shards)
   expected['collective_bytes'] = total_bytes(expected_terms)
   result = {'mode': mode, 'devices': num_devices, 'batch_size': batch,
             'analytical': expected,
@@ -344,6 +447,19 @@ def format_report(result: dict[str, Any]) -> str:
               f'{p["comm_share"]:.0%} communication), '
               f'{p["images_per_sec"]:,.0f} images/s; '
               f'{p["overlapped_step_s"] * 1e3:.2f} ms if fully overlapped']
+  if measured and measured.get('placement'):
+    lines += ['', 'placement (mesh axes on the hardware; collectives by '
+              'replica group):', *measured['placement']]
+  seconds = measured and measured.get('estimated_step_seconds')
+  raw = measured and measured.get('xla_optimal_seconds')
+  if raw is not None and not seconds:
+    lines += ['', 'XLA gives no usable step-time estimate for this program '
+              f'(optimal_seconds {raw:.6g}).']
+  if seconds:
+    lines += ['', "XLA's estimate for this device (an estimate, not a "
+              'measurement):',
+              f'estimated_step_seconds {seconds:.6g}',
+              f'estimated_images_per_sec {result["batch_size"] / seconds:.1f}']
   final = measured or expected
   lines += [f'collective_bytes_per_step {final["collective_bytes"]}',
             f'param_bytes_per_device {round(final["param_bytes"])}']
@@ -369,30 +485,67 @@ def _define_flags() -> dict[str, Any]:
       'analytical_only': flags.DEFINE_bool(
           'analytical_only', False, 'Print the analytical model only; '
           'compiles nothing, so any device count works.'),
+      'topology': flags.DEFINE_string(
+          'topology', None, 'Compile for a TPU slice, e.g. v5e:4x4 (16 '
+          "chips, 4 hosts); needs the TPU runtime (pip install -e '.[tpu]'), "
+          'not a TPU. --devices defaults to every chip of the slice.'),
+      'fc_shards': flags.DEFINE_integer(
+          'fc_shards', None, "Mode hybrid_2d: the fc axis, devices per host "
+          "(default: one host's devices; needed with --analytical_only)."),
       'json_out': flags.DEFINE_string(
           'json_out', None, 'Also write the figures as JSON here.'),
   }
+
+
+def jax_on_cpu() -> None:
+  """The host's own backend is the CPU when compiling for a described
+  slice: no process should try to claim a TPU it does not need."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_platforms', 'cpu')
+
+
+def compile_devices(num_devices: int) -> list[Any]:
+  """This host's devices if it has enough, else simulated CPU devices: the
+  collectives and memory of a mesh larger than the host can still be read."""
+  parallel.request_cpu_devices(num_devices)
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return devices if len(devices) >= num_devices else jax.devices('cpu')
 
 
 def main(argv, flag: dict[str, Any]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = flag['config'].value
-  num_devices = flag['devices'].value or config.num_devices
   batch = flag['batch_size'].value or config.batch_size
   analytical_only = flag['analytical_only'].value
-  if not analytical_only:
-    parallel.request_cpu_devices(num_devices)
   spec = parallel.spec_of(config)
   try:
-    parallel.validate(config.mode, num_devices, spec, batch, num_devices)
+    devices = None
+    if flag['topology'].value and not analytical_only:
+      from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
+      jax_on_cpu()
+      devices = topology.topology_devices(flag['topology'].value)
+    num_devices = (flag['devices'].value
+                   or (len(devices) if devices else config.num_devices))
+    if not analytical_only and devices is None:
+      devices = compile_devices(num_devices)
+    fc_shards = flag['fc_shards'].value
+    if devices and fc_shards is None:
+      fc_shards = parallel.devices_per_host(
+          parallel.placement_order(devices), num_devices)
+    parallel.validate(config.mode, num_devices, spec, batch,
+                      len(devices) if devices else num_devices,
+                      fc_shards or 1)
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
   net = net_shape(spec)
   measured = (None if analytical_only
-              else measure(config, config.mode, num_devices, batch))
-  result = report(config.mode, num_devices, batch, net, measured)
+              else measure(config, config.mode, num_devices, batch, devices,
+                            fc_shards))
+  result = report(config.mode, num_devices, batch, net, measured,
+                  fc_shards or 1)
   link, tflops = flag['link_gbps'].value, flag['device_tflops'].value
   if link and tflops:
     source = measured or result['analytical']

@@ -8,9 +8,11 @@ and every per-device slice, so the model itself is layer maths:
     `local_towers` of them, and the exchange points gather the rest.
   * `batch_axis`: the batch is split across devices (data parallelism).
   * `fc_axis`: the output features of the fully-connected layers are split
-    across devices (the FC half of the OWT hybrid). When it equals
-    `batch_axis`, the FC layers see the whole batch: `fc_batch` gathers it
-    and `local_batch` takes this device's rows of the logits back.
+    across devices (the FC half of the OWT hybrid). When it is (one of) the
+    batch axes, the FC layers see the batch of every device along it:
+    `fc_batch` gathers it and `local_batch` takes this device's rows of the
+    logits back. With `batch_axis` = (`data`, `fc`) (hybrid_2d) that is the
+    batch of one row of the mesh; with `fc` alone, the whole batch.
 
 Every method is the identity (or a plain reshape) along an axis that is
 None, and runs inside `jax.shard_map` along one that is set.
@@ -27,7 +29,7 @@ class Layout:
   """Mesh axes the model runs under, and their sizes (static)."""
   tower_axis: str | None = None
   tower_shards: int = 1
-  batch_axis: str | None = None
+  batch_axis: str | tuple[str, ...] | None = None
   batch_shards: int = 1
   fc_axis: str | None = None
   fc_shards: int = 1
@@ -38,8 +40,17 @@ class Layout:
 
   @property
   def fc_gathers_batch(self) -> bool:
-    """Whether FC features split over the batch axis (the OWT hybrid)."""
-    return self.fc_axis is not None and self.fc_axis == self.batch_axis
+    """Whether FC features split over a batch axis (the OWT hybrids)."""
+    axes = (self.batch_axis if isinstance(self.batch_axis, tuple)
+            else (self.batch_axis,))
+    return self.fc_axis is not None and self.fc_axis in axes
+
+  @property
+  def _row_axes(self) -> tuple[str, ...] | None:
+    """The batch axes other than the FC feature axis (hybrid_2d: `data`)."""
+    if not isinstance(self.batch_axis, tuple):
+      return None
+    return tuple(a for a in self.batch_axis if a != self.fc_axis) or None
 
   def gather_towers(self, xs: list[jax.Array]) -> jax.Array:
     """This device's towers' activations -> every tower's, on channels."""
@@ -62,16 +73,16 @@ class Layout:
   def fc_batch(self, h: jax.Array) -> jax.Array:
     """The batch the FC layers see: the whole one where they gather it."""
     if self.fc_gathers_batch:
-      return jax.lax.all_gather(h, self.batch_axis, axis=0, tiled=True)
+      return jax.lax.all_gather(h, self.fc_axis, axis=0, tiled=True)
     return h
 
   def local_batch(self, logits: jax.Array) -> jax.Array:
     """This device's rows of the FC layers' batch; the inverse of fc_batch."""
     if not self.fc_gathers_batch:
       return logits
-    rows = logits.shape[0] // self.batch_shards
+    rows = logits.shape[0] // self.fc_shards
     return jax.lax.dynamic_slice_in_dim(
-        logits, _index(self.batch_axis) * rows, rows, 0)
+        logits, _index(self.fc_axis) * rows, rows, 0)
 
   def gather_features(self, y: jax.Array, invariant: bool = False
                       ) -> jax.Array:
@@ -101,16 +112,19 @@ class Layout:
     b, t, f = shape
     tower_shards, fc_shards = ((self.tower_shards, self.fc_shards)
                                if sharded else (1, 1))
-    batch_shards = 1 if self.fc_gathers_batch else self.batch_shards
+    if self.fc_gathers_batch:  # b rows: every device of one row of the mesh.
+      batch_shards = self.batch_shards // self.fc_shards
+      first_row = _index(self._row_axes) * b
+    else:
+      batch_shards, first_row = self.batch_shards, _index(self.batch_axis) * b
     keep = jax.random.bernoulli(
         key, keep_prob, (b * batch_shards, t * tower_shards, f * fc_shards))
-    first_row = 0 if self.fc_gathers_batch else _index(self.batch_axis) * b
     starts = (first_row,
               _index(self.tower_axis) * t if sharded else 0,
               _index(self.fc_axis) * f if sharded else 0)
     return jax.lax.dynamic_slice(keep, starts, shape)
 
 
-def _index(axis: str | None):
+def _index(axis: str | tuple[str, ...] | None):
   """This device's position along mesh `axis`; 0 without one."""
   return jax.lax.axis_index(axis) if axis else 0

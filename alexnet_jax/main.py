@@ -35,6 +35,12 @@ _EVAL_ONLY = flags.DEFINE_bool('eval_only', False,
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'With --eval_only: a workdir, checkpoints dir or step '
     'dir (default: the latest in --workdir).')
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Compile the train and eval steps for the configured '
+    'mesh, print placement and memory per device, and exit.')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', None, 'With --dry_run: compile for this TPU slice (e.g. '
+    "v5e:4x4) instead of this host's devices; needs only the TPU runtime.")
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() (multi-host). '
     'Without the three flags below it reads the cluster environment '
@@ -109,9 +115,21 @@ def _write_config(config, workdir: str) -> None:
                      f'({error.strerror})') from None
 
 
+def _dry_run(config) -> None:
+  from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
+  try:
+    print('\n'.join(topology.dry_run(config, _TOPOLOGY.value)))
+  except ValueError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _DRY_RUN.value:
+    _dry_run(_CONFIG.value)
+    return
   if not (_WORKDIR.value or (_EVAL_ONLY.value and _CHECKPOINT.value)):
     raise app.UsageError('--workdir is required (or --eval_only with '
                          '--checkpoint)')

@@ -11,19 +11,24 @@ model or the trainer:
               batch split over `data`; how the two-tower net scales.
   hybrid      OWT: conv layers data-parallel, FC layers' output features
               split over the same `data` axis (model-parallel).
+  hybrid_2d   the hybrid at scale: a 2-D mesh `data` x `fc`, `fc` within a
+              host. Convs data-parallel over every device; FC features
+              split over `fc` only, each host's FC layers seeing that host's
+              batch; FC gradients all-reduced over `data`.
 """
 
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
 
 from alexnet_jax import models
 
-MODES = ('single', 'data', 'tower', 'data_tower', 'hybrid')
+MODES = ('single', 'data', 'tower', 'data_tower', 'hybrid', 'hybrid_2d')
 
 
 def request_cpu_devices(num_devices: int) -> None:
@@ -85,6 +90,12 @@ class Strategy:
     rows = sorted({index[0].start or 0 for index in
                    self.batch_sharding().addressable_devices_indices_map(
                        (self.data_shards,)).values()})
+    if not rows:
+      raise ValueError(
+          f'config.num_devices: the {self.mesh.devices.size}-device mesh '
+          f'holds none of the devices of process {jax.process_index()} '
+          f'({jax.process_count()} processes, {jax.device_count()} devices '
+          f'in all); set it to use every process or start fewer processes')
     if rows != list(range(rows[0], rows[0] + len(rows))):
       raise ValueError(f'config.mode: process {jax.process_index()} holds '
                        f'non-contiguous batch shards {rows}')
@@ -108,19 +119,23 @@ class Strategy:
                         self.param_specs(params))
 
 
-def _mesh_shape(mode: str, num_devices: int, towers: int):
+def _mesh_shape(mode: str, num_devices: int, towers: int, fc_shards: int = 1):
   return {
       'single': ((1,), ('data',)),
       'data': ((num_devices,), ('data',)),
       'tower': ((towers,), ('tower',)),
       'data_tower': ((num_devices // towers, towers), ('data', 'tower')),
       'hybrid': ((num_devices,), ('data',)),
+      'hybrid_2d': ((num_devices // fc_shards, fc_shards), ('data', 'fc')),
   }[mode]
 
 
 def validate(mode: str, num_devices: int, spec: models.AlexNetSpec,
-             batch_size: int, available: int) -> None:
-  """Raises a one-line ValueError naming the config key at fault."""
+             batch_size: int, available: int, fc_shards: int = 1) -> None:
+  """Raises a one-line ValueError naming the config key at fault.
+
+  `fc_shards`: the `fc` axis of mode hybrid_2d.
+  """
   towers = spec.num_towers
   if mode not in MODES:
     raise ValueError(f'config.mode: unknown {mode!r}; choose from {MODES}')
@@ -142,21 +157,60 @@ def validate(mode: str, num_devices: int, spec: models.AlexNetSpec,
   if mode in ('data', 'data_tower', 'hybrid') and batch_size % data_shards:
     raise ValueError(f'config.batch_size: {batch_size} does not split over '
                      f'the {data_shards}-way data axis')
-  if mode == 'hybrid':
+  if mode == 'hybrid_2d' and (fc_shards < 1 or num_devices % fc_shards):
+    raise ValueError(f'config.num_devices: {num_devices} devices do not form '
+                     f'rows of {fc_shards} (the fc axis of mode hybrid_2d)')
+  if mode == 'hybrid_2d' and batch_size % num_devices:
+    raise ValueError(f'config.batch_size: {batch_size} does not split over '
+                     f'the {num_devices} devices')
+  if mode in ('hybrid', 'hybrid_2d'):
+    split = num_devices if mode == 'hybrid' else fc_shards
     for width in (*spec.fc_features, spec.num_classes // towers):
-      if width % num_devices:
+      if width % split:
         raise ValueError(
-            f'config.num_devices: hybrid mode splits FC layers of width '
-            f'{width} per tower, which {num_devices} devices do not divide')
+            f'config.num_devices: {mode} mode splits FC layers of width '
+            f'{width} per tower {split} ways, which does not divide it')
+
+
+def placement_order(devices: Sequence[Any]) -> list[Any]:
+  """Devices host by host, neighbours next to each other within a host.
+
+  Mesh axes are filled last axis fastest, so in this order the `tower` axis
+  (last) joins chips of one host, linked directly (ICI neighbours on a TPU
+  host, NVLink on a GPU node), and the `data` axis runs across hosts. TPU
+  chips sort by their physical coordinates (z, y, x), others by id.
+  """
+  def key(device):
+    coords = tuple(reversed(getattr(device, 'coords', None) or ()))
+    return (device.process_index, coords,
+            getattr(device, 'core_on_chip', 0), device.id)
+  return sorted(devices, key=key)
+
+
+def devices_per_host(devices: Sequence[Any], num_devices: int) -> int:
+  """The `fc` axis of hybrid_2d: as many of the first host's devices as
+  divide `num_devices`."""
+  first = devices[0].process_index
+  return math.gcd(sum(d.process_index == first for d in devices[:num_devices]),
+                  num_devices)
 
 
 def create_strategy(mode: str, num_devices: int, spec: models.AlexNetSpec,
-                    batch_size: int) -> Strategy:
-  """Validates the request and builds the mesh and layout for `mode`."""
-  devices = jax.devices()
-  validate(mode, num_devices, spec, batch_size, len(devices))
-  shape, names = _mesh_shape(mode, num_devices, spec.num_towers)
-  mesh = jax.make_mesh(shape, names, devices=devices[:math.prod(shape)])
+                    batch_size: int, devices: Sequence[Any] | None = None,
+                    fc_shards: int | None = None) -> Strategy:
+  """Validates the request and builds the mesh and layout for `mode`.
+
+  `devices`: where the mesh goes (default `jax.devices()`); a TPU
+  topology's device descriptions compile ahead of time without a TPU.
+  `fc_shards`: hybrid_2d's `fc` axis (default: the devices of one host).
+  """
+  devices = placement_order(jax.devices() if devices is None else devices)
+  if fc_shards is None:
+    fc_shards = devices_per_host(devices, num_devices) if devices else 1
+  validate(mode, num_devices, spec, batch_size, len(devices), fc_shards)
+  shape, names = _mesh_shape(mode, num_devices, spec.num_towers, fc_shards)
+  mesh = Mesh(np.array(devices[:math.prod(shape)]).reshape(shape), names,
+              axis_types=(AxisType.Explicit,) * len(shape))
   sizes = dict(zip(names, shape))
   layout = models.Layout()
   if mode in ('data', 'data_tower', 'hybrid'):
@@ -168,6 +222,9 @@ def create_strategy(mode: str, num_devices: int, spec: models.AlexNetSpec,
   if mode == 'hybrid':
     layout = dataclasses.replace(layout, fc_axis='data',
                                  fc_shards=sizes['data'])
+  if mode == 'hybrid_2d':
+    layout = models.Layout(batch_axis=('data', 'fc'), batch_shards=num_devices,
+                           fc_axis='fc', fc_shards=fc_shards)
   return Strategy(mode, mesh, layout)
 
 

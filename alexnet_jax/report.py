@@ -1,6 +1,8 @@
 """Compares training runs side by side: a Markdown table and plots.
 
   python -m alexnet_jax.report DIR [DIR ...] --out REPORT_DIR [--intro TEXT]
+  python -m alexnet_jax.report --scaling=h100_sxm8 --out REPORT_DIR \
+      [--cost_json=A.json,B.json]
 
 Each DIR is a workdir of `alexnet_jax.main`: `metrics.jsonl` and
 `config.json` (both written by process 0), and optionally `cost.json` from
@@ -157,10 +159,26 @@ def _define_flags() -> dict[str, Any]:
   """Defined only when run as a program (see alexnet_jax/cost.py)."""
   return {'out': flags.DEFINE_string('out', None, 'Report directory.'),
           'intro': flags.DEFINE_string(
-              'intro', '', 'A paragraph to put above the table.')}
+              'intro', '', 'A paragraph to put above the table.'),
+          'scaling': flags.DEFINE_string(
+              'scaling', None, 'Write the scaling study for this hardware '
+              'preset of alexnet_jax.plan instead (no workdirs).'),
+          'cost_json': flags.DEFINE_list(
+              'cost_json', [], 'With --scaling: cost --topology --json_out '
+              'files of TPU slices to tabulate.')}
 
 
 def main(argv, flag: dict[str, Any]) -> None:
+  if flag['scaling'].value:
+    from alexnet_jax import cost  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import plan  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import scaling  # pylint: disable=g-import-not-at-top
+    if flag['scaling'].value not in plan.HARDWARE:
+      raise app.UsageError(f'--scaling: one of {sorted(plan.HARDWARE)}')
+    cost.jax_on_cpu()
+    print(scaling.write(flag['scaling'].value, flag['out'].value,
+                        flag['cost_json'].value, intro=flag['intro'].value))
+    return
   if len(argv) < 2:
     raise app.UsageError('give at least one workdir')
   print(write_report(argv[1:], flag['out'].value, flag['intro'].value))

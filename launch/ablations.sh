@@ -3,10 +3,16 @@
 # on the synthetic dataset at a small scale, measures each run's train step
 # with the cost tool, and writes the side-by-side report.
 #
-# Usage: launch/ablations.sh [RUNS_DIR] [REPORT_DIR]
-#   RUNS_DIR    workdirs, one per run (default /tmp/alexnet_jax_ablations)
-#   REPORT_DIR  Markdown table and plots (default docs/ablations)
-# Environment: STEPS (train steps per run, default 200), PYTHON.
+# Usage: launch/ablations.sh [RUNS_DIR] [REPORT_DIR] [SCALING_DIR]
+#   RUNS_DIR     workdirs, one per run (default /tmp/alexnet_jax_ablations)
+#   REPORT_DIR   Markdown table and plots (default docs/ablations)
+#   SCALING_DIR  the scaling study (default docs/scaling): every mode
+#                projected on H100 nodes (alexnet_jax.plan), and the
+#                full-size train step compiled for v5e slices (needs the
+#                tpu extra; each compile takes minutes on a small CPU)
+# Environment: STEPS (train steps per run, default 200), PYTHON,
+#   TPU_SLICES (default "v5e:2x2 v5e:4x4"; up to v5e:16x16, 256 chips),
+#   SCALING_ONLY=1 (skip the training runs).
 #
 # The scale (67x67 inputs, a quarter of the paper's widths, 8 classes) is
 # chosen so that the whole set runs in about 20 minutes on a 2-core CPU with
@@ -65,7 +71,39 @@ run() {
   tail -n 2 "$workdir/cost.txt"
 }
 
+# The scaling study: mode, then slice; 128 images per chip.
+scaling_dir=${3:-$repo/docs/scaling}
+scaling() {
+  local jsons=() slice chips mode
+  for slice in ${TPU_SLICES:-v5e:2x2 v5e:4x4}; do
+    chips=$(( $(tr -dc '0-9x' <<< "${slice#*:}" | tr x '*') ))
+    for mode in data_tower hybrid_2d data; do
+      local config=configs/data_parallel.py
+      [[ $mode == data_tower ]] && config=configs/data_tower.py
+      [[ $mode == hybrid_2d ]] && config=configs/hybrid_2d.py
+      local out=$runs_dir/scaling_${mode}_${slice/:/_}
+      echo "== $mode on $slice"
+      "$python" -m alexnet_jax.cost --config="$repo/$config" \
+        --topology="$slice" --batch_size=$(( 128 * chips )) \
+        --json_out="$out.json" > "$out.txt" 2>&1
+      jsons+=("$out.json")
+    done
+  done
+  "$python" -m alexnet_jax.report --scaling=h100_sxm8 --out="$scaling_dir" \
+    --cost_json="$(IFS=,; echo "${jsons[*]}")" --intro="$(cat <<INTRO
+Made by \`SCALING_ONLY=1 launch/ablations.sh\`: the TPU table compiles the
+full-size train step for ${TPU_SLICES:-v5e:2x2 v5e:4x4} (128 images per
+chip) with \`python -m alexnet_jax.cost --topology\`; everything else is
+\`alexnet_jax.plan\`'s projection. Nothing here ran on a GPU or a TPU.
+INTRO
+)"
+}
+
 mkdir -p "$runs_dir"
+if [[ -n ${SCALING_ONLY:-} ]]; then
+  scaling
+  exit
+fi
 run tower configs/two_tower.py "${TWO_TOWER[@]}"
 run single configs/single_device.py "${TWO_TOWER[@]}"
 run data configs/data_parallel.py "${TWO_TOWER[@]}"
@@ -101,3 +139,4 @@ gives them at full size and projects step times with --link_gbps and
 --device_tflops).
 INTRO
 )"
+scaling

@@ -5,14 +5,24 @@
 #
 # Usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.key=value ...]
 # Environment: REPO_DIR (where the repository is checked out on every
-# worker, default ~/alexnet_jax), PROJECT (gcloud project; default: gcloud's).
+# worker, default ~/alexnet_jax), LOG_DIR (per-worker logs, see below),
+# PROJECT (gcloud project; default: gcloud's).
 #
 # WORKDIR must be shared by all workers (a gs:// bucket, or a filesystem
 # mounted on every worker): each worker writes its shards of every
 # checkpoint there; main fails at start-up if a worker cannot see it.
-# Install first on all workers, e.g.:
+# Install first on all workers, with the tested TPU runtime:
 #   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all \
-#     --command='pip install "jax[tpu]" && pip install -e ~/alexnet_jax'
+#     --command="pip install -e ~/alexnet_jax'[tpu]'"
+# Check the mesh before paying for the slice, on any machine:
+#   python -m alexnet_jax.main --config=CONFIG --dry_run --topology=v5e:4x4
+#
+# The command returns once every worker has started. Each worker runs under
+# nohup with its output in LOG_DIR/worker_<id>.log on that worker (default
+# /tmp/alexnet_jax_logs), so a dropped ssh connection neither kills the run
+# nor loses its log. Follow one with
+#   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=0 \
+#     --command='tail -f /tmp/alexnet_jax_logs/worker_*.log'
 set -euo pipefail
 
 if (( $# < 4 )); then
@@ -25,14 +35,19 @@ config=$3
 workdir=$4
 shift 4
 repo_dir=${REPO_DIR:-'~/alexnet_jax'}
+log_dir=${LOG_DIR:-/tmp/alexnet_jax_logs}
 project=()
 if [[ -n ${PROJECT:-} ]]; then
   project=(--project="$PROJECT")
 fi
 
-# Quote every argument for the remote shell.
+# Quote every argument for the remote shell. The worker id comes from the
+# TPU metadata server, as jax.distributed.initialize() reads it.
 remote_args=$(printf ' %q' --config="$config" --workdir="$workdir" \
   --distributed "$@")
+metadata=http://metadata.google.internal/computeMetadata/v1/instance/attributes
+worker='$(curl -s -H Metadata-Flavor:Google '"$metadata"'/agent-worker-number)'
 gcloud compute tpus tpu-vm ssh "$tpu_name" --zone="$zone" "${project[@]}" \
   --worker=all \
-  --command="cd $repo_dir && python3 -m alexnet_jax.main$remote_args"
+  --command="mkdir -p $log_dir && cd $repo_dir && nohup python3 -m \
+alexnet_jax.main$remote_args > $log_dir/worker_$worker.log 2>&1 < /dev/null &"

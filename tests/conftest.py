@@ -1,15 +1,21 @@
 """Test set-up: simulated CPU devices and a persistent compilation cache.
 
 Both must be configured before JAX initialises its backends, which is why
-this runs at import time, before any test module imports JAX.
+this runs at import time, before any test module imports JAX. The suite runs
+on the CPU on every host, a GPU or TPU one included (subprocesses inherit
+JAX_PLATFORMS); TPU slices are still described through libtpu
+(`alexnet_jax.topology`), which needs no TPU backend.
 """
 
 import os
 
-import jax
+os.environ['JAX_PLATFORMS'] = 'cpu'
+
+import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 NUM_DEVICES = 4
 
+jax.config.update('jax_platforms', 'cpu')
 jax.config.update('jax_num_cpu_devices', NUM_DEVICES)
 jax.config.update('jax_compilation_cache_dir', os.path.expanduser(
     os.environ.get('ALEXNET_JAX_TEST_CACHE', '~/.cache/alexnet_jax/xla')))

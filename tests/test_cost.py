@@ -15,15 +15,17 @@ from alexnet_jax import cost, models
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('mode,devices,batch', [
-    ('tower', 2, 8), ('data', 2, 8), ('hybrid', 2, 8), ('data_tower', 4, 8),
-    ('single', 1, 8)])
+@pytest.mark.parametrize('mode,devices,batch,fc_shards', [
+    ('tower', 2, 8, None), ('data', 2, 8, None), ('hybrid', 2, 8, None),
+    ('data_tower', 4, 8, None), ('single', 1, 8, None),
+    ('hybrid_2d', 4, 8, 2)])
 def test_measured_collective_bytes_equal_the_analytical_model(
-    tiny_config_factory, mode, devices, batch):
+    tiny_config_factory, mode, devices, batch, fc_shards):
   config = tiny_config_factory(mode=mode, num_devices=devices)
   net = cost.net_shape(models.spec_from_config(config.model))
   result = cost.report(mode, devices, batch, net,
-                       cost.measure(config, mode, devices, batch))
+                       cost.measure(config, mode, devices, batch,
+                                    fc_shards=fc_shards))
   measured, expected = result['measured'], result['analytical']
   assert measured['collective_bytes'] == expected['collective_bytes']
   by_kind = {}

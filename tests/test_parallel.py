@@ -19,7 +19,10 @@ BATCH = 8
 # (mode, devices): every mode on 2 simulated devices, and the modes that
 # scale past two on 4.
 MODES = [('data', 2), ('tower', 2), ('hybrid', 2), ('data', 4),
-         ('data_tower', 4), ('hybrid', 4)]
+         ('data_tower', 4), ('hybrid', 4), ('hybrid_2d', 4)]
+# hybrid_2d as a 2 x 2 mesh; its default `fc` axis (one host's devices)
+# would make it 1 x 4 on one host.
+FC_SHARDS = {'hybrid_2d': 2}
 
 
 RESIZE = 76  # Base images, from which the batch's crops were cut.
@@ -53,7 +56,8 @@ def _loss_fn(apply):
 
 def _loss_logits_grads(spec, mode, num_devices):
   """Dropout-on loss, logits and grads, and dropout-off logits."""
-  strategy = parallel.create_strategy(mode, num_devices, spec, BATCH)
+  strategy = parallel.create_strategy(mode, num_devices, spec, BATCH,
+                                      fc_shards=FC_SHARDS.get(mode))
   params = parallel.init_params(spec, strategy, jax.random.key(1))
   train_apply = parallel.make_apply(spec, strategy, params, train=True)
   eval_apply = parallel.make_apply(spec, strategy, params, train=False)
@@ -168,9 +172,37 @@ def test_hybrid_mode_splits_fc_and_replicates_convs(small_spec):
     ('data', 4, 6, 'config.batch_size'),
     ('data_tower', 4, 7, 'config.batch_size'),
     ('single', 2, 8, 'config.num_devices'),
+    ('hybrid_2d', 4, 6, 'config.batch_size'),
 ])
 def test_bad_execution_config_names_the_key(small_spec, mode, devices, batch,
                                              key):
   with pytest.raises(ValueError, match=key.replace('.', r'\.')) as error:
     parallel.create_strategy(mode, devices, small_spec, batch)
   assert '\n' not in str(error.value)
+
+
+def test_hybrid_2d_splits_fc_within_a_row_and_reduces_fc_over_rows(
+    small_spec):
+  strategy = parallel.create_strategy('hybrid_2d', 4, small_spec, BATCH,
+                                      fc_shards=2)
+  assert dict(strategy.mesh.shape) == {'data': 2, 'fc': 2}
+  params = parallel.init_params(small_spec, strategy, jax.random.key(1))
+  fc6 = params['fc6']['kernel']
+  assert fc6.addressable_shards[0].data.shape == (
+      2, fc6.shape[1], fc6.shape[2] // 2)
+  ops = hlo.collectives(_compiled_grad(small_spec, strategy,
+                                       params).as_text())
+  conv = sum(params[k][w].size for k in models.CONV_LAYERS
+             for w in ('kernel', 'bias'))
+  fc = sum(params[k][w].size for k in models.FC_LAYERS
+           for w in ('kernel', 'bias'))
+  reduced = sum(op.elements for op in ops if op.kind == 'all-reduce')
+  # Conv gradients over all 4 devices, this row's half of the FC gradients
+  # over the 2 rows, and the logits' gradient within a row.
+  assert conv + fc // 2 <= reduced < conv + fc // 2 + BATCH * 64
+
+
+def test_hybrid_2d_rows_must_fill_the_devices(small_spec):
+  with pytest.raises(ValueError, match=r'^config\.num_devices: 4 devices do '
+                     'not form rows of 3'):
+    parallel.create_strategy('hybrid_2d', 4, small_spec, BATCH, fc_shards=3)

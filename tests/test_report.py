@@ -62,3 +62,28 @@ def test_cli(tmp_path):
                   f'--out={tmp_path}/out'], check=True, capture_output=True,
                  env=dict(os.environ, PYTHONPATH=REPO))
   assert '| r | single |' in (tmp_path / 'out' / 'README.md').read_text()
+
+
+def test_scaling_study_names_winners_crossovers_and_compiled_slices(
+    tmp_path):
+  compiled = tmp_path / 'slice.json'
+  compiled.write_text(json.dumps({
+      'mode': 'data_tower', 'devices': 16, 'batch_size': 2048,
+      'measured': {'collective_bytes': 3 * 2**20,
+                   'peak_memory_bytes': 2**30, 'device_kind': 'TPU v5 lite',
+                   'placement': ["mesh {'data': 8, 'tower': 2} on 16 TPU v5 "
+                                 'lite devices, 4 hosts']}}))
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.report', '--scaling=owt_k20',
+       f'--out={tmp_path / "study"}', f'--cost_json={compiled}'],
+      env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+      check=True)
+  text = (tmp_path / 'study' / 'README.md').read_text()
+  assert text == out.stdout.rstrip('\n') + '\n'
+  assert 'Projected, not measured' in text
+  rows = [l.split(' | ') for l in text.splitlines() if l.startswith('| 2 |')]
+  # Two devices: every mode runs, and one of them is named the winner.
+  assert rows[0][-1].rstrip(' |') in ('data', 'tower', 'data_tower',
+                                      'hybrid', 'hybrid_2d')
+  assert '| data_tower | 16 | 4 | 2048 | 3.0 | 1.00 | 6.2% |' in text
+  assert (tmp_path / 'study' / 'per_device_batch.png').stat().st_size > 1000

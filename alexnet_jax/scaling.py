@@ -1,0 +1,175 @@
+"""The scaling study: which execution mode wins where, and from what batch.
+
+Written by `python -m alexnet_jax.report --scaling=HARDWARE --out=DIR
+[--cost_json=A.json,B.json]`. Two parts, labelled by where their figures
+come from:
+
+  projected  every mode on 1-64 devices of a GPU cluster (`plan`), at a
+             fixed per-device batch and at a fixed global batch; the
+             winner at each device count, and the crossover: the smallest
+             global batch at which data parallelism overtakes the best
+             model-parallel mode.
+  compiled   train steps compiled for TPU slices (`cost --topology
+             --json_out`): collective bytes and peak memory per chip, read
+             off the compiled programs; no time (the TPU compiler's
+             estimate is unusable for the full-size net).
+"""
+
+import functools
+import json
+import os
+import re
+
+from alexnet_jax import cost
+from alexnet_jax import models
+from alexnet_jax import plan
+
+MODES = ('data', 'tower', 'data_tower', 'hybrid', 'hybrid_2d')
+DEVICES = (1, 2, 4, 8, 16, 32, 64)
+MODEL_PARALLEL = ('tower', 'data_tower', 'hybrid', 'hybrid_2d')
+
+
+# The two-tower modes run the paper's net; the hybrids the one-tower net
+# they were made for (the paper's 500 classes per tower split at most 4
+# ways). Their training FLOPs differ by 0.2%.
+VARIANT = {'data': 'paper', 'tower': 'paper', 'data_tower': 'paper',
+           'hybrid': 'owt', 'hybrid_2d': 'owt'}
+
+
+@functools.cache
+def _net(variant: str) -> cost.NetShape:
+  return cost.net_shape(models.VARIANTS[variant])
+
+
+def _rows(hw: plan.Hardware, modes=MODES, devices=DEVICES,
+          **batch) -> list[plan.Row]:
+  """Projected rows of every mode that can run, each on its own net."""
+  rate = plan.flop_rate(hw, hw.step_seconds, hw.step_batch,
+                        _net(hw.step_variant))
+  rows = []
+  for mode in modes:
+    variant = VARIANT[mode]
+    rows += plan.plan(hw, [mode], list(devices), _net(variant),
+                      models.VARIANTS[variant], rate, **batch)[0]
+  return rows
+
+
+def _table(rows: list[plan.Row]) -> str:
+  """Images/s per mode (columns) and device count (rows); best in bold."""
+  counts = sorted({r.devices for r in rows})
+  head = '| devices | ' + ' | '.join(MODES) + ' | winner |'
+  out = [head, '|' + '---|' * (len(MODES) + 2)]
+  for n in counts:
+    at = {r.mode: r for r in rows if r.devices == n}
+    best = max(at.values(), key=lambda r: r.images_per_sec)
+    cells = [(f'**{at[m].images_per_sec:,.0f}**' if at[m] is best and n > 1
+              else f'{at[m].images_per_sec:,.0f}') if m in at else '-'
+             for m in MODES]
+    winner = 'one device: all alike' if n == 1 else best.mode
+    out.append(f'| {n} | ' + ' | '.join(cells) + f' | {winner} |')
+  return '\n'.join(out)
+
+
+def crossover_batch(hw: plan.Hardware, devices: int) -> tuple[
+    int | None, str | None]:
+  """Smallest global batch (powers of two from `devices` to 2^17) at which
+  mode data is at least as fast as every model-parallel mode that can run;
+  and the model-parallel mode it overtakes there."""
+  batch = devices
+  while batch <= 2**17:
+    rows = {r.mode: r for r in _rows(hw, ('data', *MODEL_PARALLEL),
+                                     (devices,), global_batch=batch)}
+    rivals = [r for m, r in rows.items() if m != 'data']
+    if 'data' in rows and rivals:
+      best = max(rivals, key=lambda r: r.images_per_sec)
+      if rows['data'].images_per_sec >= best.images_per_sec:
+        return batch, best.mode
+    batch *= 2
+  return None, None
+
+
+def _compiled_table(paths: list[str]) -> str:
+  out = ['| mode | chips | hosts | global batch | collective MiB/chip/step '
+         '| peak GiB/chip | of HBM |', '|---|---|---|---|---|---|---|']
+  for path in paths:
+    with open(path) as f:
+      result = json.load(f)
+    m = result['measured']
+    hosts = next((re.search(r'(\d+) hosts?$', line).group(1)
+                  for line in m.get('placement', [])
+                  if line.startswith('mesh ')), '-')
+    hbm = m.get('device_kind') and m['peak_memory_bytes'] / max(
+        1, _hbm(m['device_kind']))
+    out.append(f'| {result["mode"]} | {result["devices"]} | {hosts} | '
+               f'{result["batch_size"]} | '
+               f'{m["collective_bytes"] / 2**20:,.1f} | '
+               f'{m["peak_memory_bytes"] / 2**30:.2f} | '
+               f'{hbm:.1%} |')
+  return '\n'.join(out)
+
+
+def _hbm(kind: str) -> int:
+  from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
+  return topology.HBM_BYTES.get(kind, 0)
+
+
+def _plot(rows: list[plan.Row], title: str, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for mode in MODES:
+    points = [(r.devices, r.images_per_sec) for r in rows if r.mode == mode]
+    if points:
+      ax.plot(*zip(*points), marker='o', label=mode)
+  ax.set(xscale='log', yscale='log', xlabel='devices',
+         ylabel='images/s (projected)', title=title)
+  ax.set_xticks(DEVICES, [str(d) for d in DEVICES])
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write(hardware: str, out_dir: str, cost_json: list[str],
+          batch_per_device: int = 128, global_batch: int = 1024,
+          intro: str = '') -> str:
+  """Writes out_dir/README.md and two PNGs; returns the Markdown."""
+  hw = plan.HARDWARE[hardware]
+  os.makedirs(out_dir, exist_ok=True)
+  fixed_device = _rows(hw, batch_per_device=batch_per_device)
+  fixed_global = _rows(hw, global_batch=global_batch)
+  _plot(fixed_device, f'{hw.name}: {batch_per_device} images per device',
+        os.path.join(out_dir, 'per_device_batch.png'))
+  _plot(fixed_global, f'{hw.name}: global batch {global_batch}',
+        os.path.join(out_dir, 'global_batch.png'))
+  crossings = []
+  for n in DEVICES[1:]:
+    batch, rival = crossover_batch(hw, n)
+    crossings.append(f'| {n} | {batch or "beyond 131072"} | {rival or "-"} |')
+  parts = [
+      f'# Which strategy wins where ({hw.name})', *([intro] if intro else []),
+      '**Projected, not measured**: `alexnet_jax.plan`, from one device\'s '
+      f'step and datasheet links. Sources: {hw.sources}',
+      'data, tower and data_tower run the paper\'s two-tower net; hybrid and '
+      'hybrid_2d the one-tower net they were made for (the paper\'s 500 '
+      'classes per tower split at most 4 ways). tower runs only on 2 '
+      'devices, hybrid where the FC widths divide; hybrid_2d splits the FC '
+      'layers within a node. A dash: the mode cannot run there.',
+      f'## Fixed per-device batch ({batch_per_device}), images/s',
+      _table(fixed_device), '![per-device batch](per_device_batch.png)',
+      f'## Fixed global batch ({global_batch}), images/s',
+      _table(fixed_global), '![global batch](global_batch.png)',
+      '## Crossover: the smallest global batch at which data parallelism '
+      'is at least as fast as the best model-parallel mode (projected)',
+      '| devices | global batch | overtaken mode |\n|---|---|---|\n'
+      + '\n'.join(crossings)]
+  if cost_json:
+    parts += ['## Compiled for TPU slices (memory and bytes read off the '
+              'compiled programs; no time)', _compiled_table(cost_json)]
+  text = '\n\n'.join(parts) + '\n'
+  with open(os.path.join(out_dir, 'README.md'), 'w') as f:
+    f.write(text)
+  return text
+

@@ -1,0 +1,81 @@
+"""The GPU-cluster projection: its parts, and the command's output."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_jax import cost, models, plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def owt_net():
+  return cost.net_shape(models.VARIANTS['owt'])
+
+
+def test_transfer_is_ring_latency_plus_bytes_over_the_link(owt_net):
+  hw = plan.HARDWARE['h100_sxm8']
+  term = cost.Term('all-reduce', 'x', 800e6, 8)
+  # 2 x 7 ring steps of 5 us, 2 x 7/8 x 800 MB received at 450 GB/s.
+  assert plan.transfer_seconds('data', term, 8, owt_net, hw) == pytest.approx(
+      14 * 5e-6 + 1400e6 / 450e9)
+  # Sixteen devices: the group spans two nodes and runs at the network's
+  # 50 GB/s; the tower pair of data_tower stays on NVLink.
+  wide = cost.Term('all-reduce', 'x', 800e6, 16)
+  assert plan.transfer_seconds('data', wide, 16, owt_net, hw) == pytest.approx(
+      30 * 10e-6 + 2 * 15 / 16 * 800e6 / 50e9)
+  pair = cost.Term('all-gather', 'x', 1e6, 2)
+  paper = cost.net_shape(models.VARIANTS['paper'])
+  assert plan.transfer_seconds('data_tower', pair, 16, paper,
+                               hw) == pytest.approx(5e-6 + 0.5e6 / 450e9)
+
+
+def test_one_device_reproduces_the_step_it_was_scaled_from(owt_net):
+  hw = plan.HARDWARE['owt_k20']
+  rate = plan.flop_rate(hw, hw.step_seconds, hw.step_batch, owt_net)
+  one = plan.project('data', 1, 128, owt_net, hw, rate)
+  assert one['step_s'] == pytest.approx(0.3918, abs=1e-4)  # OWT: 98.05 h.
+  # The update moves 5 x 244 MB at 208 GB/s.
+  assert one['update_s'] == pytest.approx(5 * 244_403_360 / 208e9)
+
+
+def test_gradients_hide_under_the_backward_pass_until_the_network(owt_net):
+  hw = plan.HARDWARE['h100_sxm8']
+  rate = plan.flop_rate(hw, hw.step_seconds, hw.step_batch, owt_net)
+  within = plan.project('data', 8, 8 * 128, owt_net, hw, rate)
+  across = plan.project('data', 16, 16 * 128, owt_net, hw, rate)
+  assert within['exposed_s'] == 0 < within['gradient_s']
+  assert across['exposed_s'] == pytest.approx(
+      across['gradient_s'] - 2 / 3 * across['compute_s'])
+  assert across['images_per_sec'] < 2 * within['images_per_sec']
+
+
+def test_cli_prints_one_line_per_row_a_table_and_a_plot(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.plan', '--hardware=owt_k20',
+       '--modes=hybrid,tower', '--devices=1,2,4', '--variant=paper',
+       f'--out={tmp_path}'],
+      env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+      check=True)
+  rows = [l for l in out.stdout.splitlines() if l.startswith('plan ')]
+  pattern = r'plan (\w+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)'
+  assert [re.fullmatch(pattern, l).group(1, 2, 3) for l in rows] == [
+      ('hybrid', '1', '128'), ('hybrid', '2', '256'), ('hybrid', '4', '512'),
+      ('tower', '1', '128'), ('tower', '2', '256')]
+  assert 'skipped: tower on 4: config.num_devices' in out.stderr
+  assert '| mode | devices |' in out.stdout
+  assert (tmp_path / 'plan.png').stat().st_size > 1000
+  assert '![speedup](plan.png)' in (tmp_path / 'plan.md').read_text()
+
+
+def test_cli_rejects_a_bad_device_list():
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.plan', '--hardware=owt_k20',
+       '--devices=1,two'], env=dict(os.environ, PYTHONPATH=REPO),
+      capture_output=True, text=True, check=False)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith('error: --devices:')
