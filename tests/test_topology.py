@@ -132,7 +132,8 @@ def test_main_dry_run_compiles_and_exits_without_a_workdir():
   assert lines[0].startswith('dry run: mode data, 2 of ')
   assert any(l.startswith("mesh {'data': 2}") for l in lines)
   assert any('all-reduce' in l and 'within a host' in l for l in lines)
-  assert sum(l.startswith('eval step') for l in lines) == 2  # Both crops.
+  # One eval step gives both protocols from one batch of base images.
+  assert any(l.startswith('eval step (centre crop + 10 crops') for l in lines)
 
 
 def test_main_dry_run_rejects_a_mesh_the_batch_cannot_fill():
