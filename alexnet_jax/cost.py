@@ -38,6 +38,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from alexnet_jax import config_check
 from alexnet_jax import hlo
 from alexnet_jax import parallel
 
@@ -561,4 +562,5 @@ def main(argv, flag: dict[str, Any]) -> None:
 if __name__ == '__main__':
   _FLAGS = _define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(lambda argv: main(argv, _FLAGS))
+  app.run(lambda argv: main(argv, _FLAGS),
+          flags_parser=config_check.parse_flags)
