@@ -25,9 +25,11 @@ Batches are local numpy arrays of `global_batch // process_count` examples;
 
 import dataclasses
 import functools
+import json
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
@@ -53,6 +55,65 @@ def model_input_size(config) -> int:
 
 # ---------------------------------------------------------------------------
 # Sources.
+#
+# Every source gives each process a fixed share of the training set (the
+# same files in every epoch) and visits it, epoch after epoch, in blocks:
+# the order of the blocks and the order inside each block are drawn from
+# (seed, process, epoch). A folder's share is one block; a prepared dataset's
+# blocks are the pieces of its shard files, so a resumed run skips whole
+# shards by their counts and reads (without decoding) at most one.
+
+_EPOCHS = 2**62  # "Forever": the train datasets are infinite.
+_READ_BUFFER = 8 << 20  # TFRecord read buffer: few, large reads.
+
+
+def _order_key(seed: int, process_index: int, epoch: tf.Tensor) -> tf.Tensor:
+  key = tf.constant([seed, process_index], tf.int64)
+  key = tf.random.experimental.stateless_fold_in(key, epoch)
+  return tf.random.experimental.stateless_fold_in(key, -1)
+
+
+def _block_permutation(key: tf.Tensor, block: tf.Tensor,
+                       size: tf.Tensor) -> tf.Tensor:
+  """The order of a block's `size` examples in the epoch of `key`."""
+  return tf.random.experimental.stateless_shuffle(
+      tf.range(tf.cast(size, tf.int64)),
+      tf.random.experimental.stateless_fold_in(key, block))
+
+
+def _epoch_blocks(key: tf.Tensor, block_sizes: np.ndarray, skip: tf.Tensor):
+  """(blocks in the epoch's order, examples to skip in each) after `skip`.
+
+  Whole blocks before position `skip` are dropped by their sizes, unread.
+  """
+  sizes = tf.constant(block_sizes, tf.int64)
+  order = tf.random.experimental.stateless_shuffle(
+      tf.range(len(block_sizes), dtype=tf.int64), key)
+  ends = tf.cumsum(tf.gather(sizes, order))
+  first = tf.reduce_sum(tf.cast(ends <= skip, tf.int64))
+  begins = ends - tf.gather(sizes, order)
+  return order[first:], tf.maximum(skip - begins[first:], 0)
+
+
+def _over_epochs(epoch_records: Callable[[tf.Tensor, tf.Tensor],
+                                         tf.data.Dataset],
+                 first_epoch: int, start: int) -> tf.data.Dataset:
+  """Epochs first_epoch, first_epoch + 1, ... as one dataset.
+
+  The first starts at position `start`. One dataset keeps the pipeline's
+  parallel stages busy across epoch boundaries.
+  """
+  def epoch(e):
+    skip = tf.where(tf.equal(e, first_epoch), tf.constant(start, tf.int64),
+                    tf.constant(0, tf.int64))
+    return epoch_records(e, skip)
+
+  return tf.data.Dataset.range(first_epoch, _EPOCHS).flat_map(epoch)
+
+
+def _records(encoded, label, index, epoch) -> dict:
+  return {'encoded': encoded, 'label': tf.cast(label, tf.int32),
+          'index': tf.cast(index, tf.int64), 'epoch': tf.cast(epoch, tf.int64)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +124,8 @@ class _FolderSource:
   eval_paths: np.ndarray
   eval_labels: np.ndarray
   class_names: tuple[str, ...]
+  checks_bytes = True  # Raw files can be undecodable.
+  epochs_per_dataset = _EPOCHS
 
   @property
   def num_classes(self) -> int:
@@ -75,32 +138,45 @@ class _FolderSource:
   def train_shard_size(self, process_count: int) -> int:
     return self.num_train // process_count
 
-  def train_records(self, seed: int, epoch: int, start: int,
+  def train_records(self, seed: int, first_epoch: int, start: int,
                     process_index: int, process_count: int) -> tf.data.Dataset:
-    """This process's share of epoch `epoch`, from position `start`."""
-    order = np.random.default_rng([seed, epoch]).permutation(self.num_train)
-    order = order[process_index::process_count]
-    order = order[:self.train_shard_size(process_count)][start:]
-    return _read_files(self.train_paths[order], self.train_labels[order],
-                       start)
+    """This process's files (every process_count-th), epoch after epoch.
+
+    Records {'encoded', 'label', 'index', 'epoch'}, 'index' being the
+    position in the epoch; the share is one block, shuffled each epoch.
+    """
+    size = self.train_shard_size(process_count)
+    share = slice(process_index, process_index + size * process_count,
+                  process_count)
+    paths = tf.constant(self.train_paths[share].astype(str))
+    labels = tf.constant(self.train_labels[share])
+
+    def epoch_records(epoch, skip):
+      key = _order_key(seed, process_index, epoch)
+      order = _block_permutation(key, tf.constant(0, tf.int64), size)[skip:]
+      return tf.data.Dataset.from_tensor_slices(
+          (tf.gather(paths, order), tf.gather(labels, order),
+           tf.range(skip, size), tf.fill(tf.shape(order), epoch)))
+
+    ds = _over_epochs(epoch_records, first_epoch, start)
+    return ds.map(lambda p, y, i, e: _records(tf.io.read_file(p), y, i, e),
+                  num_parallel_calls=_AUTOTUNE)
 
   def eval_shard_size(self, process_index: int, process_count: int) -> int:
     return len(self.eval_paths[process_index::process_count])
 
   def eval_records(self, process_index: int,
                    process_count: int) -> tf.data.Dataset:
-    return _read_files(self.eval_paths[process_index::process_count],
-                       self.eval_labels[process_index::process_count], 0)
+    paths = self.eval_paths[process_index::process_count]
+    ds = tf.data.Dataset.from_tensor_slices(
+        (paths.astype(str),
+         self.eval_labels[process_index::process_count],
+         np.arange(len(paths), dtype=np.int64)))
+    return ds.map(lambda p, y, i: _records(tf.io.read_file(p), y, i, 0),
+                  num_parallel_calls=_AUTOTUNE)
 
 
-def _read_files(paths: np.ndarray, labels: np.ndarray,
-                first_index: int) -> tf.data.Dataset:
-  indices = np.arange(first_index, first_index + len(paths), dtype=np.int64)
-  ds = tf.data.Dataset.from_tensor_slices(
-      (paths.astype(str), labels.astype(np.int32), indices))
-  return ds.map(
-      lambda p, y, i: {'encoded': tf.io.read_file(p), 'label': y, 'index': i},
-      num_parallel_calls=_AUTOTUNE)
+_IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.gif', '.bmp', '.webp')
 
 
 def _list_split(split_dir: str, class_names: tuple[str, ...]):
@@ -115,6 +191,20 @@ def _list_split(split_dir: str, class_names: tuple[str, ...]):
     paths += [os.path.join(directory, n) for n in names]
     labels += [label] * len(names)
   return np.array(paths, dtype=object), np.array(labels, dtype=np.int32)
+
+
+def _check_split_layout(split: str, split_dir: str, count: int) -> None:
+  """A one-line error for a split without images in class folders."""
+  if count:
+    return
+  loose = sum(1 for e in os.scandir(split_dir)
+              if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES))
+  found = (f'{loose} images directly in it but no class folders' if loose
+           else 'no images in class folders')
+  raise ValueError(
+      f'folder dataset, split {split!r}: {split_dir} has {found}; expected '
+      f'{split_dir}/<class>/<image> with the class folders of train/ '
+      '(README, "Data", shows how to arrange ImageNet\'s validation set)')
 
 
 @functools.lru_cache(maxsize=8)
@@ -133,10 +223,149 @@ def _folder_source(root: str) -> _FolderSource:
                      f'{sorted(unknown)[:5]}')
   train_paths, train_labels = _list_split(train_dir, class_names)
   eval_paths, eval_labels = _list_split(val_dir, class_names)
-  if not len(train_paths):
-    raise FileNotFoundError(f'no training files under {train_dir}')
+  _check_split_layout('train', train_dir, len(train_paths))
+  _check_split_layout('val', val_dir, len(eval_paths))
   return _FolderSource(train_paths, train_labels, eval_paths, eval_labels,
                        class_names)
+
+
+PREPARED_INDEX = 'index.json'
+PREPARED_FEATURES = {
+    'image': tf.io.FixedLenFeature([], tf.string),
+    'label': tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _pieces(counts: np.ndarray, begin: int, end: int) -> np.ndarray:
+  """[(shard, first, size)] covering [begin, end) of the shards in order."""
+  ends = np.cumsum(counts)
+  starts = ends - counts
+  pieces = []
+  for shard in np.flatnonzero((starts < end) & (ends > begin)):
+    first = max(begin, starts[shard]) - starts[shard]
+    last = min(end, ends[shard]) - starts[shard]
+    pieces.append((shard, first, last - first))
+  return np.array(pieces, np.int64).reshape(-1, 3)
+
+
+def _read_pieces(paths: tf.Tensor, pieces: np.ndarray,
+                 blocks: tf.Tensor, skips: tf.Tensor,
+                 order_key: Optional[tf.Tensor]) -> tf.data.Dataset:
+  """The examples of `pieces[blocks]`, shuffled by `order_key` (if any).
+
+  Each piece's shard file is read whole, without decoding, and the piece's
+  examples are taken in the block's order from `skips` on.
+  """
+  table = tf.constant(pieces, tf.int64)
+
+  def read(block, skip):
+    shard, first, size = tf.unstack(table[block])
+    if order_key is None:
+      order = tf.range(size)
+    else:
+      order = _block_permutation(order_key, block, size)
+    chosen = order[skip:] + first
+    ds = tf.data.TFRecordDataset(paths[shard], buffer_size=_READ_BUFFER)
+    return ds.batch(2**31 - 1).map(
+        lambda serialized: tf.io.parse_example(
+            tf.gather(serialized, chosen), PREPARED_FEATURES)).unbatch()
+
+  return tf.data.Dataset.from_tensor_slices((blocks, skips)).flat_map(read)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PreparedSource:
+  """Base images stored by `alexnet_jax.prepare` as TFRecord shards."""
+  root: str
+  index: dict
+  checks_bytes = False  # Every stored image was encoded by prepare.
+  epochs_per_dataset = _EPOCHS
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(self.index['class_names'])
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def _split(self, split: str):
+    shards = self.index['splits'][split]['shards']
+    paths = tf.constant([os.path.join(self.root, s['file']) for s in shards])
+    return paths, np.array([s['count'] for s in shards], np.int64)
+
+  @property
+  def num_train(self) -> int:
+    return self.index['splits']['train']['num_examples']
+
+  def train_shard_size(self, process_count: int) -> int:
+    return self.num_train // process_count
+
+  def train_records(self, seed: int, first_epoch: int, start: int,
+                    process_index: int, process_count: int) -> tf.data.Dataset:
+    """This process's contiguous range of the shards, epoch after epoch."""
+    size = self.train_shard_size(process_count)
+    paths, counts = self._split('train')
+    pieces = _pieces(counts, process_index * size, (process_index + 1) * size)
+
+    def epoch_records(epoch, skip):
+      key = _order_key(seed, process_index, epoch)
+      blocks, skips = _epoch_blocks(key, pieces[:, 2], skip)
+      ds = _read_pieces(paths, pieces, blocks, skips, key)
+      return ds.enumerate(skip).map(
+          lambda i, ex: _records(ex['image'], ex['label'], i, epoch))
+
+    return _over_epochs(epoch_records, first_epoch, start)
+
+  def _eval_range(self, process_index: int, process_count: int):
+    total = self.index['splits']['val']['num_examples']
+    return (total * process_index // process_count,
+            total * (process_index + 1) // process_count)
+
+  def eval_shard_size(self, process_index: int, process_count: int) -> int:
+    begin, end = self._eval_range(process_index, process_count)
+    return end - begin
+
+  def eval_records(self, process_index: int,
+                   process_count: int) -> tf.data.Dataset:
+    paths, counts = self._split('val')
+    pieces = _pieces(counts, *self._eval_range(process_index, process_count))
+    blocks = tf.range(len(pieces), dtype=tf.int64)
+    ds = _read_pieces(paths, pieces, blocks, tf.zeros_like(blocks), None)
+    return ds.enumerate().map(
+        lambda i, ex: _records(ex['image'], ex['label'], i, 0))
+
+
+def read_prepared_index(root: str) -> dict:
+  """DIR/index.json of a prepared dataset; a clear error if incomplete."""
+  path = os.path.join(root, PREPARED_INDEX)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: run `python -m alexnet_jax.prepare --out={root}` '
+        '(to the end, on every host) first')
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+@functools.lru_cache(maxsize=8)
+def _prepared_source(root: str) -> _PreparedSource:
+  index = read_prepared_index(root)
+  for split in ('train', 'val'):
+    if not index['splits'][split]['num_examples']:
+      raise ValueError(f'prepared dataset {root}: split {split!r} holds no '
+                       'images')
+  return _PreparedSource(root, index)
+
+
+def check_prepared_matches(config, index: dict) -> None:
+  """Stops when the stored base images are not the configured ones."""
+  resize = config.input.resize_size
+  if index['resize_size'] != resize or index['antialias'] != (
+      config.input.antialias):
+    raise ValueError(
+        f'{config.dataset}: prepared at resize_size {index["resize_size"]}, '
+        f'antialias {index["antialias"]}; the config asks for {resize}, '
+        f'{config.input.antialias} (prepare again or change the config)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +373,9 @@ class _TfdsSource:
   """A prepared TFDS image-classification dataset, read without decoding."""
   builder: Any
   shuffle_buffer: int
+  checks_bytes = True
+  # Epochs are separate TFDS datasets, chained this many at a time.
+  epochs_per_dataset = 4
 
   @property
   def num_classes(self) -> int:
@@ -175,12 +407,21 @@ class _TfdsSource:
     split = self._train_split(0, process_count)
     return self.builder.info.splits[split].num_examples
 
-  def train_records(self, seed: int, epoch: int, start: int,
+  def train_records(self, seed: int, first_epoch: int, start: int,
                     process_index: int, process_count: int) -> tf.data.Dataset:
-    epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31))
-    ds = self._read(self._train_split(process_index, process_count),
-                    seed=epoch_seed)
-    return _with_index(ds, start)
+    """A few epochs from (first_epoch, start); finite, unlike the others.
+
+    A resumed run reads (without decoding) the `start` records it skips.
+    """
+    split = self._train_split(process_index, process_count)
+    ds = None
+    for epoch in range(first_epoch, first_epoch + self.epochs_per_dataset):
+      epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31))
+      skip = start if epoch == first_epoch else 0
+      part = self._read(split, seed=epoch_seed).skip(skip).enumerate(skip)
+      part = part.map(functools.partial(_tfds_record, epoch=epoch))
+      ds = part if ds is None else ds.concatenate(part)
+    return ds
 
   def _eval_subsplit(self, process_index: int, process_count: int) -> str:
     return tfds.even_splits(self._eval_split, process_count)[process_index]
@@ -193,15 +434,12 @@ class _TfdsSource:
                    process_count: int) -> tf.data.Dataset:
     ds = self._read(self._eval_subsplit(process_index, process_count),
                     seed=None)
-    return _with_index(ds, 0)
+    return ds.enumerate().map(functools.partial(_tfds_record, epoch=0))
 
 
-def _with_index(ds: tf.data.Dataset, start: int) -> tf.data.Dataset:
-  """TFDS examples as records, skipping `start` of them before decoding."""
-  ds = ds.skip(start).enumerate(start)
-  return ds.map(lambda i, ex: {'encoded': ex['image'],
-                               'label': tf.cast(ex['label'], tf.int32),
-                               'index': i})
+def _tfds_record(index: tf.Tensor, example: dict, *, epoch: int) -> dict:
+  return _records(example['image'], example['label'], index,
+                  tf.constant(epoch, tf.int64))
 
 
 def _tfds_data_dir(config) -> str:
@@ -209,27 +447,47 @@ def _tfds_data_dir(config) -> str:
           os.path.expanduser('~/tensorflow_datasets'))
 
 
-def _tfds_source(config) -> _TfdsSource:
-  """The TFDS builder, prepared; a clear error if ImageNet's tars are absent."""
+def tfds_builder(config):
+  """The TFDS builder of config.dataset (not necessarily prepared)."""
+  return tfds.builder(config.dataset, data_dir=_tfds_data_dir(config))
+
+
+def prepare_tfds(config) -> None:
+  """Runs TFDS's download_and_prepare; a clear error if ImageNet's tars are
+  absent. Call it on one process only (`main` does)."""
+  builder = tfds_builder(config)
+  if builder.is_prepared():
+    return
   data_dir = _tfds_data_dir(config)
-  builder = tfds.builder(config.dataset, data_dir=data_dir)
+  manual_dir = os.path.join(data_dir, 'downloads', 'manual')
+  if config.dataset.split(':')[0].split('/')[0] == 'imagenet2012':
+    missing = [f for f in _IMAGENET_MANUAL_FILES
+               if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing:
+      raise FileNotFoundError(
+          f'ImageNet ({config.dataset}) is not prepared in {data_dir}. '
+          f'Download {" and ".join(_IMAGENET_MANUAL_FILES)} from '
+          f'https://image-net.org and put them into {manual_dir}/ '
+          f'(missing: {", ".join(missing)}); the first run then prepares '
+          'the dataset (hours). Set config.data_dir or TFDS_DATA_DIR to '
+          'use another directory, or use --config.dataset=synthetic.')
+    logging.info('Preparing %s from %s (this takes hours).', config.dataset,
+                 manual_dir)
+  builder.download_and_prepare()
+
+
+def _tfds_source(config) -> _TfdsSource:
+  """The TFDS builder; it must have been prepared (`prepare_tfds`)."""
+  builder = tfds_builder(config)
   if not builder.is_prepared():
-    manual_dir = os.path.join(data_dir, 'downloads', 'manual')
-    if config.dataset.split(':')[0].split('/')[0] == 'imagenet2012':
-      missing = [f for f in _IMAGENET_MANUAL_FILES
-                 if not os.path.exists(os.path.join(manual_dir, f))]
-      if missing:
-        raise FileNotFoundError(
-            f'ImageNet ({config.dataset}) is not prepared in {data_dir}. '
-            f'Download {" and ".join(_IMAGENET_MANUAL_FILES)} from '
-            f'https://image-net.org and put them into {manual_dir}/ '
-            f'(missing: {", ".join(missing)}); the first run then prepares '
-            'the dataset (hours). Set config.data_dir or TFDS_DATA_DIR to '
-            'use another directory, or use --config.dataset=synthetic.')
-      logging.info('Preparing %s from %s (this takes hours).', config.dataset,
-                   manual_dir)
-    builder.download_and_prepare()
+    prepare_tfds(config)  # A clear error if the manual files are missing.
   return _TfdsSource(builder, config.input.shuffle_buffer)
+
+
+def is_tfds(config) -> bool:
+  """Whether config.dataset names a TFDS dataset."""
+  return not (config.dataset == 'synthetic' or
+              config.dataset.startswith(('folder:', 'prepared:')))
 
 
 def _source(config):
@@ -239,6 +497,13 @@ def _source(config):
   if dataset.startswith('folder:'):
     return _folder_source(os.path.abspath(
         os.path.expanduser(dataset[len('folder:'):])))
+  if dataset.startswith('prepared:'):
+    root = dataset[len('prepared:'):]
+    if '://' not in root:
+      root = os.path.abspath(os.path.expanduser(root))
+    source = _prepared_source(root)
+    check_prepared_matches(config, source.index)
+    return source
   return _tfds_source(config)
 
 
@@ -329,22 +594,63 @@ def _centre_square(height: tf.Tensor, width: tf.Tensor):
   return (height - side) // 2, (width - side) // 2, side
 
 
-def decode_resized(contents: tf.Tensor, resize_size: int,
-                   antialias: bool = True) -> tf.Tensor:
-  """The paper's base image: shorter side to resize_size, centre square.
-
-  Returns float32 [resize_size, resize_size, 3] on the [0, 1] scale. The
-  centre square is cut from the original before the bilinear resize (by
-  default antialiased), which is the same image as resizing first, without
-  the wasted work.
-  """
+def _decoded_square(contents: tf.Tensor):
+  """The decoded image's centre square (uint8) and its side."""
   image = decode_rgb(contents)
   shape = tf.shape(image)
   top, left, side = _centre_square(shape[0], shape[1])
-  image = tf.image.crop_to_bounding_box(image, top, left, side, side)
-  image = tf.image.resize(image, [resize_size, resize_size],
+  return tf.image.crop_to_bounding_box(image, top, left, side, side), side
+
+
+def _resized(square: tf.Tensor, resize_size: int,
+             antialias: bool) -> tf.Tensor:
+  image = tf.image.resize(square, [resize_size, resize_size],
                           method='bilinear', antialias=antialias)
-  return tf.clip_by_value(image, 0.0, 255.0) / 255.0
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def base_image_float(contents: tf.Tensor, resize_size: int,
+                     antialias: bool = True) -> tf.Tensor:
+  """The paper's base image before rounding: float32 [R, R, 3], 0..255.
+
+  Shorter side to R = resize_size by a bilinear (by default antialiased)
+  resize, centre R x R square. The square is cut from the original before
+  resizing, which is the same image as resizing first, without the wasted
+  work; an image that is already R x R is left as it is.
+  """
+  square, side = _decoded_square(contents)
+  image = tf.cond(tf.equal(side, resize_size),
+                  lambda: tf.cast(square, tf.float32),
+                  lambda: _resized(square, resize_size, antialias))
+  image.set_shape([resize_size, resize_size, 3])
+  return image
+
+
+def base_image(contents: tf.Tensor, resize_size: int,
+               antialias: bool = True) -> tf.Tensor:
+  """`base_image_float` rounded to uint8 [R, R, 3]: what both the raw path
+  and `alexnet_jax.prepare` start from.
+
+  A stored (already R x R) base image is only decoded.
+  """
+  square, side = _decoded_square(contents)
+  image = tf.cond(
+      tf.equal(side, resize_size), lambda: square,
+      lambda: to_uint8(_resized(square, resize_size, antialias)))
+  image.set_shape([resize_size, resize_size, 3])
+  return image
+
+
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+  """Rounds 0..255 floats to uint8."""
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
+def decode_resized(contents: tf.Tensor, resize_size: int,
+                   antialias: bool = True) -> tf.Tensor:
+  """`base_image` as float32 on the [0, 1] scale."""
+  return tf.cast(base_image(contents, resize_size, antialias),
+                 tf.float32) / 255.0
 
 
 def decode_crop_window(contents: tf.Tensor, resize_size: int, crop_size: int,
@@ -553,11 +859,30 @@ def make_eval_preprocess(config, *, ten_crop: bool) -> Callable[[dict], dict]:
   return preprocess
 
 
-def _decodable_only(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """Drops records whose bytes fail `is_decodable` (checked in parallel)."""
+def _decodable_only(ds: tf.data.Dataset,
+                    give_up_after: Optional[int] = None) -> tf.data.Dataset:
+  """Drops records whose bytes fail `is_decodable` (checked in parallel).
+
+  With `give_up_after`, stops with an error after that many undecodable
+  records in a row (a whole epoch without an image would never end).
+  """
   ds = ds.map(lambda r: (is_decodable(r['encoded']), r),
               num_parallel_calls=_AUTOTUNE)
+  if give_up_after:
+    ds = ds.scan(tf.constant(0, tf.int64),
+                 functools.partial(_count_invalid_run, limit=give_up_after))
   return ds.filter(_is_valid).map(_record)
+
+
+_NO_IMAGE = 'no decodable training image in a whole epoch'
+
+
+def _count_invalid_run(run: tf.Tensor, element, *, limit: int):
+  valid, record = element
+  run = tf.where(valid, tf.constant(0, tf.int64), run + 1)
+  check = tf.debugging.Assert(run < limit, [_NO_IMAGE])
+  with tf.control_dependencies([check]):
+    return run, (tf.identity(valid), record)
 
 
 def _is_valid(valid: tf.Tensor, unused_record: dict) -> tf.Tensor:
@@ -568,16 +893,35 @@ def _record(unused_valid: tf.Tensor, record: dict) -> dict:
   return record
 
 
+def map_dropping_undecodable(ds: tf.data.Dataset,
+                             fn: Callable[[dict], dict]) -> tf.data.Dataset:
+  """`ds.map(fn)`, dropping the records on which `fn`'s decoding fails.
+
+  Only `fn`'s own errors are ignored, not those of reading the file
+  upstream: a file that cannot be read is not an undecodable image.
+  Order is kept.
+  """
+  return ds.interleave(
+      lambda r: tf.data.Dataset.from_tensors(r).map(fn).ignore_errors(),
+      block_length=1, num_parallel_calls=_AUTOTUNE, deterministic=True)
+
+
 def _options() -> tf.data.Options:
+  """Deterministic; one private pool of threads, one per core, each op on
+  one thread (as big_vision runs tf.data)."""
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
+  options.threading.private_threadpool_size = len(os.sched_getaffinity(0))
+  options.threading.max_intra_op_parallelism = 1
   return options
 
 
 def train_records(config, *, epoch: int = 0) -> tf.data.Dataset:
   """Epoch `epoch`'s undecoded records {'encoded', 'label', 'index'}."""
-  return _source(config).train_records(config.seed, epoch, 0, 0, 1)
+  source = _source(config)
+  ds = source.train_records(config.seed, epoch, 0, 0, 1)
+  return ds.take(source.train_shard_size(1))
 
 
 def base_images(config, *, max_images: Optional[int] = None
@@ -590,10 +934,10 @@ def base_images(config, *, max_images: Optional[int] = None
   if max_images is not None:
     ds = ds.take(max_images)
   ds = _decodable_only(ds)
-  ds = ds.map(lambda r: decode_resized(r['encoded'], config.input.resize_size,
-                                       config.input.antialias),
-              num_parallel_calls=_AUTOTUNE)
-  return ds.ignore_errors().with_options(_options())
+  ds = map_dropping_undecodable(
+      ds, lambda r: decode_resized(r['encoded'], config.input.resize_size,
+                                   config.input.antialias))
+  return ds.with_options(_options())
 
 
 # ---------------------------------------------------------------------------
@@ -607,14 +951,39 @@ def _local_batch_size(batch_size: int, process_count: int) -> int:
   return batch_size // process_count
 
 
+class DataReadError(OSError):
+  """The input files could not be read (not: an image could not be decoded)."""
+
+
+_READ_ATTEMPTS = 3
+_NOT_READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError)
+
+
+def _train_example(config, seed: int, process_index: int,
+                   record: dict) -> dict:
+  preprocess = make_train_preprocess(config, seed=seed,
+                                     process_index=process_index,
+                                     epoch=record['epoch'])
+  return dict(preprocess(record), epoch=record['epoch'],
+              index=record['index'])
+
+
 class TrainIterator:
   """An infinite iterator of local training batches that can be resumed.
 
   `get_state()` is the position after the last batch returned; `set_state`
   restores it, so a resumed run sees exactly the batches an uninterrupted one
-  would. `num_skipped` counts undecodable files consumed so far (part of the
-  state). Batches may span epochs.
+  would. Batches span epoch boundaries; the epochs are one tf.data pipeline
+  (a TFDS source: a few epochs per pipeline), so the next epoch's first
+  images are ready before the last one ends.
+
+  Each process reads the same share of the files in every epoch, so
+  `num_skipped` counts distinct undecodable files: the most skipped in any
+  one epoch so far (part of the state). Files that cannot be read are
+  retried from the last position, then stop the run with `DataReadError`.
   """
+
+  retry_delay_s = 2.0
 
   def __init__(self, config, *, process_index: int = 0,
                process_count: int = 1):
@@ -626,96 +995,113 @@ class TrainIterator:
     self._epoch_size = self._source.train_shard_size(process_count)
     if not self._epoch_size:
       raise ValueError('fewer training examples than processes.')
-    self.set_state({'epoch': 0, 'next_index': 0, 'num_skipped': 0})
+    self.set_state({'epoch': 0, 'next_index': 0})
 
   def get_state(self) -> dict[str, int]:
     return {'epoch': self._epoch, 'next_index': self._next_index,
-            'num_skipped': self.num_skipped}
+            'num_skipped': self.num_skipped,
+            'skipped_in_epoch': self._skipped_in_epoch}
 
   def set_state(self, state: dict) -> None:
     self._epoch = int(state['epoch'])
     self._next_index = int(state['next_index'])
     self.num_skipped = int(state.get('num_skipped', 0))
+    self._skipped_in_epoch = int(state.get('skipped_in_epoch', 0))
+    self._restart(self._epoch, self._next_index)
+
+  def _restart(self, epoch: int, start: int) -> None:
+    """The next rows come from a new pipeline starting at (epoch, start)."""
     self._iterator = None
-    self._iterator_epoch = self._epoch
-    self._iterator_start = self._next_index
-    self._iterator_examples = 0
+    self._start = (epoch, start)
+    self._carry = None
 
   def __iter__(self) -> 'TrainIterator':
     return self
 
-  def _epoch_dataset(self, epoch: int, start: int,
-                     filler: int) -> tf.data.Dataset:
-    """Epoch `epoch` from `start`, in batches, after `filler` dummy rows.
-
-    The dummy rows make room in the first batch for the examples carried
-    over from the previous epoch; the host replaces them.
-    """
+  def _dataset(self) -> tf.data.Dataset:
     seed = self._config.seed
+    epoch, start = self._start
     ds = self._source.train_records(seed, epoch, start, self._process_index,
                                     self._process_count)
-    ds = _decodable_only(ds)
-    ds = ds.map(make_train_preprocess(self._config, seed=seed,
-                                      process_index=self._process_index,
-                                      epoch=epoch),
-                num_parallel_calls=_AUTOTUNE)
-    ds = ds.ignore_errors()
-    if filler:
-      dummy = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
-                                    ds.element_spec)
-      ds = tf.data.Dataset.from_tensors(dummy).repeat(filler).concatenate(ds)
+    example = functools.partial(_train_example, self._config, seed,
+                                self._process_index)
+    if self._source.checks_bytes:
+      ds = _decodable_only(ds, give_up_after=self._epoch_size)
+      ds = map_dropping_undecodable(ds, example)
+    else:
+      ds = ds.map(example, num_parallel_calls=_AUTOTUNE)
     ds = ds.batch(self._batch_size)
     return ds.prefetch(self._config.input.prefetch_batches).with_options(
         _options())
 
-  def _next_part(self, wanted: int) -> Optional[dict]:
-    """Up to `wanted` examples, or None at the end of an epoch."""
-    filler = 0
-    if self._iterator is None:
-      filler = self._batch_size - wanted
-      self._iterator = iter(self._epoch_dataset(
-          self._iterator_epoch, self._iterator_start,
-          filler).as_numpy_iterator())
-    try:
-      part = next(self._iterator)
-    except StopIteration:
-      if self._iterator_start == 0 and not self._iterator_examples:
-        raise RuntimeError('no decodable training image in a whole epoch.')
-      self._iterator = None
-      self._iterator_epoch += 1
-      self._iterator_start = 0
-      self._iterator_examples = 0
-      return None
-    part = {k: v[filler:] for k, v in part.items()}
-    self._iterator_examples += len(part['label'])
-    return part
+  def _next_rows(self) -> dict[str, np.ndarray]:
+    """The next rows of the pipeline (a short batch where a finite one
+    ends), starting a new pipeline after it."""
+    while True:
+      if self._iterator is None:
+        self._iterator = self._dataset().as_numpy_iterator()
+      rows = next(self._iterator, None)
+      if rows is not None:
+        return rows
+      last_epoch = self._start[0] + self._source.epochs_per_dataset - 1
+      self._restart(last_epoch + 1, 0)
 
-  def __next__(self) -> dict[str, np.ndarray]:
+  def _assemble(self) -> dict[str, np.ndarray]:
     parts, count = [], 0
     while count < self._batch_size:
-      part = self._next_part(self._batch_size - count)
-      if part is not None and len(part['label']):
-        parts.append((self._iterator_epoch, part))
-        count += len(part['label'])
-    epoch, last = parts[-1]
-    self._advance(epoch, int(last['index'][-1]) + 1)
-    if len(parts) == 1:
-      return {'image': last['image'], 'label': last['label']}
-    return {k: np.concatenate([p[k] for _, p in parts])
-            for k in ('image', 'label')}
+      part = self._carry if self._carry is not None else self._next_rows()
+      self._carry = None
+      parts.append(part)
+      count += len(part['label'])
+    batch = (parts[0] if len(parts) == 1 else
+             {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    if count > self._batch_size:
+      self._carry = {k: v[self._batch_size:] for k, v in batch.items()}
+      batch = {k: v[:self._batch_size] for k, v in batch.items()}
+    return batch
 
-  def _advance(self, epoch: int, next_index: int) -> None:
-    """Moves the state to (epoch, next_index) and counts skipped files."""
-    consumed = ((epoch - self._epoch) * self._epoch_size + next_index -
-                self._next_index)
-    skipped = consumed - self._batch_size
-    if skipped:
-      self.num_skipped += skipped
-      logging.warning('Skipped %d undecodable training files (%d in total).',
-                      skipped, self.num_skipped)
-    if next_index == self._epoch_size:
-      epoch, next_index = epoch + 1, 0
-    self._epoch, self._next_index = epoch, next_index
+  def __next__(self) -> dict[str, np.ndarray]:
+    for attempt in range(1, _READ_ATTEMPTS + 1):
+      try:
+        batch = self._assemble()
+        break
+      except _NOT_READ_ERRORS as error:
+        if _NO_IMAGE in error.message:
+          raise ValueError(_NO_IMAGE) from None
+        raise
+      except tf.errors.OpError as error:
+        message = error.message.strip().splitlines()[0]
+        if attempt == _READ_ATTEMPTS:
+          raise DataReadError(f'reading the training data failed '
+                              f'{attempt} times: {message}') from None
+        logging.warning('Reading the training data failed (%s); retrying '
+                        'from the last batch.', message)
+        time.sleep(self.retry_delay_s * attempt)
+        self._restart(self._epoch, self._next_index)
+    self._advance(batch.pop('epoch'), batch.pop('index'))
+    return batch
+
+  def _advance(self, epochs: np.ndarray, indices: np.ndarray) -> None:
+    """Moves the state past the rows (epoch, index) and counts the files
+    skipped before each."""
+    for epoch in np.unique(epochs):
+      if epoch != self._epoch:
+        self._count_skipped(self._epoch_size - self._next_index)
+        self._epoch, self._next_index = int(epoch), 0
+        self._skipped_in_epoch = 0
+      rows = indices[epochs == epoch]
+      self._count_skipped(int(rows[-1]) + 1 - self._next_index - len(rows))
+      self._next_index = int(rows[-1]) + 1
+    if self._next_index == self._epoch_size:
+      self._epoch, self._next_index = self._epoch + 1, 0
+      self._skipped_in_epoch = 0
+
+  def _count_skipped(self, count: int) -> None:
+    self._skipped_in_epoch += count
+    if self._skipped_in_epoch > self.num_skipped:
+      self.num_skipped = self._skipped_in_epoch
+      logging.warning('Skipped undecodable training files: %d distinct so '
+                      'far.', self.num_skipped)
 
 
 def create_train_iterator(config, *, process_index: int = 0,
