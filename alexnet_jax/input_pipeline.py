@@ -453,8 +453,8 @@ def tfds_builder(config):
 
 
 def prepare_tfds(config) -> None:
-  """Runs TFDS's download_and_prepare; a clear error if ImageNet's tars are
-  absent. Call it on one process only (`main` does)."""
+  """Runs TFDS's download_and_prepare (once, on one process); a clear error
+  if ImageNet's tars are absent."""
   builder = tfds_builder(config)
   if builder.is_prepared():
     return
@@ -477,9 +477,19 @@ def prepare_tfds(config) -> None:
 
 
 def _tfds_source(config) -> _TfdsSource:
-  """The TFDS builder; it must have been prepared (`prepare_tfds`)."""
+  """The TFDS builder, prepared first by a single-process run.
+
+  Several processes would all prepare it at once: they stop and ask for
+  the explicit step instead.
+  """
   builder = tfds_builder(config)
   if not builder.is_prepared():
+    if jax.process_count() > 1:
+      raise FileNotFoundError(
+          f'{config.dataset} is not prepared in {_tfds_data_dir(config)}; '
+          'a multi-process run does not prepare it (every process would, at '
+          'once): run `python -m alexnet_jax.prepare --config=CONFIG '
+          '--tfds_only` once, on one host, first')
     prepare_tfds(config)  # A clear error if the manual files are missing.
   return _TfdsSource(builder, config.input.shuffle_buffer)
 

@@ -63,6 +63,9 @@ _MEASURE_QUALITY = flags.DEFINE_list(
     'measure_quality', None, 'Only measure PSNR and size at these qualities.')
 _SAMPLE = flags.DEFINE_integer('sample', 200,
                                'Images for --measure_quality.')
+_TFDS_ONLY = flags.DEFINE_bool(
+    'tfds_only', False, "Only run TFDS's download_and_prepare (needed once "
+    'before a multi-host run reads a TFDS dataset directly).')
 
 FORMAT = 'alexnet_jax.prepared/1'
 SPLITS = ('train', 'val')
@@ -471,6 +474,11 @@ def main(argv) -> None:
         print(f'{row["quality"]:7d}  {row["psnr_db"]:20.2f}  '
               f'{row["psnr_mean_db"]:.2f}  {row["psnr_min_db"]:.2f}  '
               f'{row["kb"]:.1f}')
+      return
+    if _TFDS_ONLY.value:
+      from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+      input_pipeline.prepare_tfds(config)
+      print(f'{config.dataset} is prepared')
       return
     if not _OUT.value:
       raise app.UsageError('--out is required')
