@@ -82,7 +82,8 @@ def _block_permutation(key: tf.Tensor, block: tf.Tensor,
 
 
 def _epoch_blocks(key: tf.Tensor, block_sizes: np.ndarray, skip: tf.Tensor):
-  """(blocks in the epoch's order, examples to skip in each) after `skip`.
+  """The epoch's blocks in order from position `skip` on: (block, examples
+  to skip in it, position in the epoch of its first example read).
 
   Whole blocks before position `skip` are dropped by their sizes, unread.
   """
@@ -91,8 +92,8 @@ def _epoch_blocks(key: tf.Tensor, block_sizes: np.ndarray, skip: tf.Tensor):
       tf.range(len(block_sizes), dtype=tf.int64), key)
   ends = tf.cumsum(tf.gather(sizes, order))
   first = tf.reduce_sum(tf.cast(ends <= skip, tf.int64))
-  begins = ends - tf.gather(sizes, order)
-  return order[first:], tf.maximum(skip - begins[first:], 0)
+  begins = (ends - tf.gather(sizes, order))[first:]
+  return order[first:], tf.maximum(skip - begins, 0), tf.maximum(begins, skip)
 
 
 def _over_epochs(epoch_records: Callable[[tf.Tensor, tf.Tensor],
@@ -248,29 +249,35 @@ def _pieces(counts: np.ndarray, begin: int, end: int) -> np.ndarray:
   return np.array(pieces, np.int64).reshape(-1, 3)
 
 
-def _read_pieces(paths: tf.Tensor, pieces: np.ndarray,
-                 blocks: tf.Tensor, skips: tf.Tensor,
+def _read_pieces(paths: tf.Tensor, pieces: np.ndarray, blocks, epoch,
                  order_key: Optional[tf.Tensor]) -> tf.data.Dataset:
-  """The examples of `pieces[blocks]`, shuffled by `order_key` (if any).
+  """Records of the pieces `blocks` = (piece, examples to skip, position of
+  the first example read), in `order_key`'s order inside each (if any).
 
-  Each piece's shard file is read whole, without decoding, and the piece's
-  examples are taken in the block's order from `skips` on.
+  Each piece's shard file is read whole, without decoding, and its
+  examples are taken in the block's order. Two blocks are read at a time,
+  in order; everything is done per block, nothing per example.
   """
   table = tf.constant(pieces, tf.int64)
 
-  def read(block, skip):
+  def read(block, skip, position):
     shard, first, size = tf.unstack(table[block])
     if order_key is None:
       order = tf.range(size)
     else:
       order = _block_permutation(order_key, block, size)
-    chosen = order[skip:] + first
-    ds = tf.data.TFRecordDataset(paths[shard], buffer_size=_READ_BUFFER)
-    return ds.batch(2**31 - 1).map(
-        lambda serialized: tf.io.parse_example(
-            tf.gather(serialized, chosen), PREPARED_FEATURES)).unbatch()
+    serialized = tf.data.TFRecordDataset(
+        paths[shard], buffer_size=_READ_BUFFER).batch(
+            2**31 - 1).get_single_element()
+    examples = tf.io.parse_example(
+        tf.gather(serialized, order[skip:] + first), PREPARED_FEATURES)
+    count = size - skip
+    return _records(examples['image'], examples['label'],
+                    tf.range(position, position + count),
+                    tf.fill([count], tf.cast(epoch, tf.int64)))
 
-  return tf.data.Dataset.from_tensor_slices((blocks, skips)).flat_map(read)
+  ds = tf.data.Dataset.from_tensor_slices(blocks)
+  return ds.map(read, num_parallel_calls=2).unbatch()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,10 +317,8 @@ class _PreparedSource:
 
     def epoch_records(epoch, skip):
       key = _order_key(seed, process_index, epoch)
-      blocks, skips = _epoch_blocks(key, pieces[:, 2], skip)
-      ds = _read_pieces(paths, pieces, blocks, skips, key)
-      return ds.enumerate(skip).map(
-          lambda i, ex: _records(ex['image'], ex['label'], i, epoch))
+      return _read_pieces(paths, pieces, _epoch_blocks(key, pieces[:, 2], skip),
+                          epoch, key)
 
     return _over_epochs(epoch_records, first_epoch, start)
 
@@ -330,10 +335,9 @@ class _PreparedSource:
                    process_count: int) -> tf.data.Dataset:
     paths, counts = self._split('val')
     pieces = _pieces(counts, *self._eval_range(process_index, process_count))
-    blocks = tf.range(len(pieces), dtype=tf.int64)
-    ds = _read_pieces(paths, pieces, blocks, tf.zeros_like(blocks), None)
-    return ds.enumerate().map(
-        lambda i, ex: _records(ex['image'], ex['label'], i, 0))
+    blocks = (np.arange(len(pieces)), np.zeros(len(pieces), np.int64),
+              np.cumsum(pieces[:, 2]) - pieces[:, 2])
+    return _read_pieces(paths, pieces, blocks, 0, None)
 
 
 def read_prepared_index(root: str) -> dict:

@@ -1,8 +1,6 @@
-r"""Stores a dataset's base images once, as JPEGs in a few large shard files.
+"""Stores a dataset's base images once, as JPEGs in a few large shard files.
 
-  python -m alexnet_jax.prepare --config=configs/default.py --out=DIR \
-      [--config.dataset=folder:ROOT] [--quality=90] [--workers=N]
-
+The command line is `python -m alexnet_jax.prepare` (alexnet_jax/prepare.py).
 Reads the configured dataset (`imagenet2012` from TFDS, `folder:ROOT`,
 `synthetic`), makes every image's base image with the training pipeline's
 own function (`input_pipeline.base_image`: shorter side to resize_size,
@@ -36,36 +34,11 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import time
 from typing import Any, Optional
 import uuid
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 import numpy as np
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                          lock_config=True)
-_OUT = flags.DEFINE_string('out', None, 'Output directory (or bucket path).')
-_QUALITY = flags.DEFINE_integer(
-    'quality', 90, 'JPEG quality of the stored images (see README, "Data").')
-_EXAMPLES_PER_SHARD = flags.DEFINE_integer(
-    'examples_per_shard', 1024, 'Images per shard file (about).')
-_WORKERS = flags.DEFINE_integer(
-    'workers', None, 'Processes (default: every core; 1: this process).')
-_PROCESS_INDEX = flags.DEFINE_integer('process_index', 0,
-                                      'This host, 0..process_count-1.')
-_PROCESS_COUNT = flags.DEFINE_integer('process_count', 1,
-                                      'Hosts preparing together.')
-_MEASURE_QUALITY = flags.DEFINE_list(
-    'measure_quality', None, 'Only measure PSNR and size at these qualities.')
-_SAMPLE = flags.DEFINE_integer('sample', 200,
-                               'Images for --measure_quality.')
-_TFDS_ONLY = flags.DEFINE_bool(
-    'tfds_only', False, "Only run TFDS's download_and_prepare (needed once "
-    'before a multi-host run reads a TFDS dataset directly).')
 
 FORMAT = 'alexnet_jax.prepared/1'
 SPLITS = ('train', 'val')
@@ -417,7 +390,8 @@ def prepare(config, out: str, *, quality: int = 90,
   return index
 
 
-def _summary(index: dict) -> str:
+def summary(index: dict) -> str:
+  """What the index says, in a few lines."""
   lines = [f'quality {index["quality"]}, {index["resize_size"]}x'
            f'{index["resize_size"]} base images']
   for split, info in index['splits'].items():
@@ -459,48 +433,3 @@ def measure_quality(config, qualities: list[int], sample: int
                  'psnr_min_db': float(values.min()),
                  'kb': float(np.mean(size)) / 1e3})
   return rows
-
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  try:
-    if _MEASURE_QUALITY.value:
-      print('quality  PSNR dB (all pixels)  mean  min  KB/image')
-      for row in measure_quality(config, [int(q) for q in
-                                          _MEASURE_QUALITY.value],
-                                 _SAMPLE.value):
-        print(f'{row["quality"]:7d}  {row["psnr_db"]:20.2f}  '
-              f'{row["psnr_mean_db"]:.2f}  {row["psnr_min_db"]:.2f}  '
-              f'{row["kb"]:.1f}')
-      return
-    if _TFDS_ONLY.value:
-      from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-      input_pipeline.prepare_tfds(config)
-      print(f'{config.dataset} is prepared')
-      return
-    if not _OUT.value:
-      raise app.UsageError('--out is required')
-    if not 0 <= _PROCESS_INDEX.value < _PROCESS_COUNT.value:
-      raise ValueError('--process_index must be in [0, --process_count)')
-    index = prepare(config, _OUT.value, quality=_QUALITY.value,
-                    examples_per_shard=_EXAMPLES_PER_SHARD.value,
-                    workers=_WORKERS.value,
-                    process_index=_PROCESS_INDEX.value,
-                    process_count=_PROCESS_COUNT.value)
-  except (ValueError, OSError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
-  if index is not None:
-    print(_summary(index))
-    print(f'train with --config.dataset=prepared:{_OUT.value}')
-
-
-def run() -> None:
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
-
-
-if __name__ == '__main__':
-  run()
