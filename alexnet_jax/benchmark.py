@@ -3,8 +3,10 @@
   python -m alexnet_jax.benchmark --config=configs/two_tower.py \
       --batch_size=32 --steps=10 --reference=torch
 
-Batches are random and live on the devices already: this measures the step,
-not the input pipeline (see `benchmark_input` for that). Model FLOPs are
+Batches are random and live on the devices already, in the form the input
+pipeline sends them (uint8 crops, lighting offsets, crop positions), so the
+step includes the normalisation: this measures the step, not the input
+pipeline (see `benchmark_input` for that). Model FLOPs are
 6 x the forward multiply-adds of `summary` per image (forward 2, backward
 4), so MFU is comparable across implementations and modes.
 """
@@ -62,6 +64,7 @@ def jax_train_step(config, batch_size: int) -> Callable[[], None]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim, parallel, train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import device  # pylint: disable=g-import-not-at-top
 
   spec = parallel.spec_of(config)
   strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
@@ -70,16 +73,13 @@ def jax_train_step(config, batch_size: int) -> Callable[[], None]:
     tx = optim.create_optimizer(config.optimizer,
                                 parallel.abstract_params(spec))
     state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
-    rng = np.random.RandomState(0)
-    size = spec.input_size
-    batch = {
-        'image': jax.device_put(
-            rng.randn(batch_size, size, size, 3).astype(np.float32),
-            strategy.batch_sharding()),
-        'label': jax.device_put(
-            rng.randint(0, spec.num_classes, batch_size).astype(np.int32),
-            strategy.batch_sharding())}
-    step_fn = train.make_train_step(spec, strategy, tx, state)
+    host_batch = device.random_train_batch(
+        np.random.default_rng(0), batch_size, spec.input_size,
+        config.input.resize_size, spec.num_classes)
+    batch = jax.device_put(host_batch, train.batch_shardings(
+        strategy, device.TRAIN_KEYS))
+    step_fn = train.make_train_step(spec, strategy, tx, state,
+                                    device.Normalization.from_config(config))
   dropout_rng = jax.random.key(1)
   holder = [state]
 

@@ -227,20 +227,20 @@ def measure(config: Any, mode: str, num_devices: int,
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import device  # pylint: disable=g-import-not-at-top
   spec = parallel.spec_of(config)
   strategy = parallel.create_strategy(mode, num_devices, spec, batch)
   with jax.set_mesh(strategy.mesh):
     tx = optim.create_optimizer(config.optimizer,
                                 parallel.abstract_params(spec))
     state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
-    step = train.make_train_step(spec, strategy, tx, state)
-    sharding = strategy.batch_sharding()
-    size = spec.input_size
-    images = jax.ShapeDtypeStruct((batch, size, size, 3), jax.numpy.float32,
-                                  sharding=sharding)
-    labels = jax.ShapeDtypeStruct((batch,), jax.numpy.int32,
-                                  sharding=sharding)
-    compiled = step.lower(state, {'image': images, 'label': labels}, 0.01,
+    step = train.make_train_step(spec, strategy, tx, state,
+                                 device.Normalization.from_config(config))
+    shapes = device.train_batch_shapes(batch, spec.input_size)
+    batch_like = {k: jax.ShapeDtypeStruct(shape, dtype,
+                                          sharding=strategy.batch_sharding())
+                  for k, (shape, dtype) in shapes.items()}
+    compiled = step.lower(state, batch_like, 0.01,
                           jax.random.key(0)).compile()
   memory = compiled.memory_analysis()
   peak = memory.peak_memory_in_bytes or (

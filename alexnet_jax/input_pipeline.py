@@ -19,6 +19,12 @@ graph check on the bytes catches the usual cases before decoding, and
 because every example carries its raw index: a gap between the raw position
 consumed and the examples returned is a skipped file.
 
+The host does the uint8 work: training crops are cut and flipped in uint8
+and carry their PCA lighting offset and crop position; evaluation sends the
+whole resize_size base image. The float work (lighting, mean, std, scale,
+channel order; the evaluation crops) runs in the compiled steps, in
+`data/device.py`.
+
 Batches are local numpy arrays of `global_batch // process_count` examples;
 `to_global` and `prefetch_to_device` turn them into global `jax.Array`s.
 """
@@ -39,6 +45,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import synthetic
+from alexnet_jax.data import device
 
 tf.config.set_visible_devices([], 'GPU')
 
@@ -720,21 +727,24 @@ def crop(image: tf.Tensor, offset: tf.Tensor, crop_size: int) -> tf.Tensor:
                                        crop_size)
 
 
-def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Flips left-right with probability 1/2."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(image, axis=[-2]), lambda: image)
+def random_flip(image: tf.Tensor,
+                seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Flips left-right with probability 1/2; also returns whether it did."""
+  flipped = tf.random.stateless_uniform([], seed) < 0.5
+  image = tf.cond(flipped, lambda: tf.reverse(image, axis=[-2]),
+                  lambda: image)
+  return image, flipped
 
 
-def pca_lighting(image: tf.Tensor, seed: tf.Tensor, sigma: float,
-                 eigval: np.ndarray, eigvec: np.ndarray,
-                 convention: str) -> tf.Tensor:
-  """Adds the paper's per-image RGB shift along the colour PCA axes.
+def pca_lighting(seed: tf.Tensor, sigma: float, eigval: np.ndarray,
+                 eigvec: np.ndarray, convention: str) -> tf.Tensor:
+  """The paper's per-image RGB shift along the colour PCA axes, [3].
 
   `eigval`/`eigvec` (columns) describe the RGB covariance of [0, 1] pixels.
   'variance': eigvec @ (alpha * eigval), the common ImageNet form.
   'stddev': eigvec @ (alpha * sqrt(eigval)), cuda-convnet's form; on 0..255
-  pixels that is alpha * sqrt of the 0..255-scale eigenvalue.
+  pixels that is alpha * sqrt of the 0..255-scale eigenvalue. The device
+  adds it to every pixel of the image on the [0, 1] scale.
   """
   alpha = tf.random.stateless_normal([3], seed, stddev=sigma)
   if convention == 'variance':
@@ -743,75 +753,14 @@ def pca_lighting(image: tf.Tensor, seed: tf.Tensor, sigma: float,
     scale = tf.sqrt(tf.constant(eigval, tf.float32))
   else:
     raise ValueError(f'unknown pca_convention {convention!r}')
-  delta = tf.linalg.matvec(tf.constant(eigvec, tf.float32), alpha * scale)
-  return image + delta
+  return tf.linalg.matvec(tf.constant(eigvec, tf.float32), alpha * scale)
 
 
-def ten_crops(image: tf.Tensor, crop_size: int) -> tf.Tensor:
-  """The paper's test crops: 4 corners and centre, then their flips."""
-  size = image.shape[0]
-  far, mid = size - crop_size, (size - crop_size) // 2
-  offsets = ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))
-  crops = [image[y:y + crop_size, x:x + crop_size] for y, x in offsets]
-  return tf.stack(crops + [tf.reverse(c, axis=[-2]) for c in crops])
-
-
-@dataclasses.dataclass(frozen=True)
-class _Normalization:
-  """Mean subtraction, std division, output scale and channel order."""
-  mean: np.ndarray        # [3] or [R, R, 3] on the [0, 1] scale.
-  std: np.ndarray | None  # [3] on the [0, 1] scale (torchvision); or None.
-  scale: float
-  bgr: bool
-
-  def __call__(self, image: tf.Tensor, offset=None, crop_size=None):
-    """Normalises `image`, a crop at `offset` when the mean is per pixel."""
-    mean = tf.constant(self.mean, tf.float32)
-    if self.mean.ndim == 3 and offset is not None:
-      mean = crop(mean, offset, crop_size)
-    image = image - mean
-    if self.std is not None:
-      image = image / tf.constant(self.std, tf.float32)
-    image = image * self.scale
-    return image[..., ::-1] if self.bgr else image
-
-
-def _stats(config) -> dict[str, np.ndarray]:
-  """Mean and PCA constants: from config.input.stats_file if set."""
-  inp = config.input
-  stats = dict(mean_rgb=np.asarray(inp.mean_rgb, np.float32),
-               eigval=np.asarray(inp.eigval, np.float32),
-               eigvec=np.asarray(inp.eigvec, np.float32))
-  if inp.get('stats_file'):
-    with np.load(inp.stats_file) as f:
-      stats.update({k: f[k] for k in f.files})
-  return stats
-
-
-def _normalization(config) -> _Normalization:
-  inp = config.input
-  stats = _stats(config)
-  if inp.mean_subtraction == 'channel':
-    mean = stats['mean_rgb']
-  elif inp.mean_subtraction == 'pixel':
-    if 'mean_image' not in stats:
-      raise ValueError("mean_subtraction='pixel' needs config.input."
-                       'stats_file from alexnet_jax.data_stats.')
-    mean = stats['mean_image']
-    if mean.shape != (inp.resize_size, inp.resize_size, 3):
-      raise ValueError(f'mean image {mean.shape} does not match resize_size '
-                       f'{inp.resize_size}; recompute the stats.')
-  elif inp.mean_subtraction == 'none':
-    mean = np.zeros(3, np.float32)
-  else:
-    raise ValueError(f'unknown mean_subtraction {inp.mean_subtraction!r}')
-  if inp.channel_order not in ('RGB', 'BGR'):
-    raise ValueError(f'unknown channel_order {inp.channel_order!r}')
-  std = inp.get('std_rgb')
-  return _Normalization(mean.astype(np.float32),
-                        None if std is None else np.asarray(std, np.float32),
-                        float(inp.get('value_scale', 1.0)),
-                        inp.channel_order == 'BGR')
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+  """Pixels on the [0, 1] scale as uint8 (rounded); uint8 passes through."""
+  if image.dtype == tf.uint8:
+    return image
+  return tf.cast(tf.round(image * 255.0), tf.uint8)
 
 
 def _element_seed(seed: int, process_index: int, epoch: int,
@@ -823,11 +772,16 @@ def _element_seed(seed: int, process_index: int, epoch: int,
 
 def make_train_preprocess(config, *, seed: int, process_index: int,
                           epoch: int) -> Callable[[dict], dict]:
-  """The training transform of one record (see config.input)."""
+  """The host's share of the training transform of one record.
+
+  Returns the uint8 crop, flipped or not, its PCA lighting offset and where
+  it lies ('crop': y, x, flipped); `data.device.train_images` does the
+  float work in the compiled step. Every draw is keyed by (seed, process,
+  epoch, index).
+  """
   inp = config.input
   size, resize = model_input_size(config), inp.resize_size
-  normalize = _normalization(config)
-  stats = _stats(config)
+  stats = device.input_stats(config)
 
   def preprocess(record):
     crop_seed, flip_seed, pca_seed = tf.unstack(
@@ -841,33 +795,33 @@ def make_train_preprocess(config, *, seed: int, process_index: int,
       image = decode_crop_window(record['encoded'], resize, size, offset,
                                  inp.antialias)
     else:
-      image = crop(decode_resized(record['encoded'], resize, inp.antialias),
+      image = crop(base_image(record['encoded'], resize, inp.antialias),
                    offset, size)
+    image = _to_uint8(image)
     image.set_shape([size, size, 3])
-    if inp.pca_lighting_sigma > 0:
-      image = pca_lighting(image, pca_seed, inp.pca_lighting_sigma,
-                           stats['eigval'], stats['eigvec'], inp.pca_convention)
-    image = normalize(image, offset, size)
+    flipped = tf.constant(False)
     if inp.random_flip:
-      image = random_flip(image, flip_seed)
-    return {'image': image, 'label': record['label'], 'index': record['index']}
+      image, flipped = random_flip(image, flip_seed)
+    if inp.pca_lighting_sigma > 0:
+      lighting = pca_lighting(pca_seed, inp.pca_lighting_sigma,
+                              stats['eigval'], stats['eigvec'],
+                              inp.pca_convention)
+    else:
+      lighting = tf.zeros([3], tf.float32)
+    where = tf.concat([offset, tf.cast(flipped, tf.int32)[None]], 0)
+    return {'image': image, 'lighting': lighting, 'crop': where,
+            'label': record['label'], 'index': record['index']}
 
   return preprocess
 
 
-def make_eval_preprocess(config, *, ten_crop: bool) -> Callable[[dict], dict]:
-  """Centre crop, or the 10 crops, of the resize_size base image."""
-  size, resize = model_input_size(config), config.input.resize_size
-  normalize = _normalization(config)
+def make_eval_preprocess(config) -> Callable[[dict], dict]:
+  """The uint8 resize_size base image; the device cuts the crops."""
+  resize = config.input.resize_size
 
   def preprocess(record):
-    image = normalize(decode_resized(record['encoded'], resize,
-                                     config.input.antialias))
+    image = base_image(record['encoded'], resize, config.input.antialias)
     image.set_shape([resize, resize, 3])
-    if ten_crop:
-      image = ten_crops(image, size)
-    else:
-      image = crop(image, tf.fill([2], (resize - size) // 2), size)
     return {'image': image, 'label': record['label'], 'index': record['index']}
 
   return preprocess
@@ -1092,8 +1046,8 @@ class TrainIterator:
                         'from the last batch.', message)
         time.sleep(self.retry_delay_s * attempt)
         self._restart(self._epoch, self._next_index)
-    self._advance(batch.pop('epoch'), batch.pop('index'))
-    return batch
+    self._advance(batch['epoch'], batch['index'])
+    return {k: batch[k] for k in device.TRAIN_KEYS}
 
   def _advance(self, epochs: np.ndarray, indices: np.ndarray) -> None:
     """Moves the state past the rows (epoch, index) and counts the files
@@ -1134,11 +1088,10 @@ class EvalIterable:
   the number of undecodable files.
   """
 
-  def __init__(self, config, *, ten_crop: bool, process_index: int = 0,
+  def __init__(self, config, *, process_index: int = 0,
                process_count: int = 1):
     self._config = config
     self._source = _source(config)
-    self._ten_crop = ten_crop
     self._process_index = process_index
     self._process_count = process_count
     self._batch_size = _local_batch_size(config.eval_batch_size,
@@ -1153,10 +1106,12 @@ class EvalIterable:
 
   def _dataset(self) -> tf.data.Dataset:
     ds = self._source.eval_records(self._process_index, self._process_count)
-    ds = _decodable_only(ds)
-    ds = ds.map(make_eval_preprocess(self._config, ten_crop=self._ten_crop),
-                num_parallel_calls=_AUTOTUNE)
-    ds = ds.ignore_errors().batch(self._batch_size)
+    preprocess = make_eval_preprocess(self._config)
+    if self._source.checks_bytes:
+      ds = map_dropping_undecodable(_decodable_only(ds), preprocess)
+    else:
+      ds = ds.map(preprocess, num_parallel_calls=_AUTOTUNE)
+    ds = ds.batch(self._batch_size)
     return ds.prefetch(self._config.input.prefetch_batches).with_options(
         _options())
 
@@ -1164,7 +1119,7 @@ class EvalIterable:
     count = 0 if batch is None else len(batch['label'])
     pad = self._batch_size - count
     padded = {
-        'image': np.zeros((pad,) + image_shape, np.float32),
+        'image': np.zeros((pad,) + image_shape, np.uint8),
         'label': np.zeros((pad,), np.int32),
         'mask': np.zeros((pad,), bool),
     }
@@ -1179,11 +1134,15 @@ class EvalIterable:
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     self.num_examples = 0
     self.num_skipped = 0
-    size = model_input_size(self._config)
-    image_shape = ((10,) if self._ten_crop else ()) + (size, size, 3)
+    resize = self._config.input.resize_size
+    image_shape = (resize, resize, 3)
     batches = self._dataset().as_numpy_iterator()
     for _ in range(self.num_batches):
-      batch = next(batches, None)
+      try:
+        batch = next(batches, None)
+      except tf.errors.OpError as error:  # Undecodable files are dropped.
+        raise DataReadError('reading the evaluation data failed: ' +
+                            error.message.strip().splitlines()[0]) from None
       padded = self._padded(batch, image_shape)
       self.num_examples += int(padded['mask'].sum())
       yield padded
@@ -1193,10 +1152,10 @@ class EvalIterable:
                       self.num_skipped)
 
 
-def create_eval_iterator(config, *, ten_crop: bool, process_index: int = 0,
+def create_eval_iterator(config, *, process_index: int = 0,
                          process_count: int = 1) -> EvalIterable:
-  """This process's evaluation batches, padded and masked (re-iterable)."""
-  return EvalIterable(config, ten_crop=ten_crop, process_index=process_index,
+  """This process's uint8 base-image batches, padded, masked, re-iterable."""
+  return EvalIterable(config, process_index=process_index,
                       process_count=process_count)
 
 

@@ -26,6 +26,7 @@ from alexnet_jax import convert
 from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax.data import device
 from configs import default
 
 TOP_K = 5
@@ -51,27 +52,36 @@ def _load_npy(path: str, size: int) -> np.ndarray:
   return array
 
 
-def _load_image(path: str, preprocess) -> np.ndarray:
-  """One encoded image file through the evaluation transform, [1, S, S, 3]."""
+def _load_image(path: str, preprocess, norm: device.Normalization,
+                size: int) -> np.ndarray:
+  """One encoded image file through the evaluation transform, [1, S, S, 3].
+
+  The host's base image, then the device's normalisation and centre crop,
+  as in evaluation.
+  """
   with open(path, 'rb') as f:
     record = {'encoded': tf.constant(f.read()), 'label': 0, 'index': 0}
   try:
-    return preprocess(record)['image'].numpy()[None]
+    base = preprocess(record)['image'].numpy()[None]
   except tf.errors.InvalidArgumentError:
     raise ValueError(f'{path}: not a decodable image') from None
+  return np.asarray(device.centre_crop(device.eval_base_images(base, norm),
+                                       size))
 
 
 def load_images(paths: Sequence[str], config: Any) -> tuple[np.ndarray,
                                                            list[str]]:
   """Preprocessed images [N, S, S, 3] and a name for each, in input order."""
-  preprocess = input_pipeline.make_eval_preprocess(config, ten_crop=False)
+  preprocess = input_pipeline.make_eval_preprocess(config)
+  norm = device.Normalization.from_config(config)
   images, names = [], []
   for path in paths:
     if path.endswith('.npy'):
       images.append(_load_npy(path, config.model.input_size))
       names += [f'{path}[{i}]' for i in range(len(images[-1]))]
     else:
-      images.append(_load_image(path, preprocess))
+      images.append(_load_image(path, preprocess, norm,
+                                config.model.input_size))
       names.append(path)
   return np.concatenate(images), names
 

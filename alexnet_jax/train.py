@@ -1,7 +1,10 @@
 """Training and evaluation: the train step, the eval step, and the loop.
 
 The trainer knows execution modes only through `parallel.Strategy` and the
-network only through `parallel.make_apply`.
+network only through `parallel.make_apply`. Batches arrive as uint8 pixels;
+the steps turn them into the model's float input (`data.device`) before the
+model, in every mode. TensorFlow (the input pipeline) is imported only by
+the functions that read data, so the steps build without it.
 """
 
 import math
@@ -17,11 +20,11 @@ import numpy as np
 import optax
 
 from alexnet_jax import checkpoint
-from alexnet_jax import input_pipeline
 from alexnet_jax import logs
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax.data import device
 
 
 @flax.struct.dataclass
@@ -55,20 +58,29 @@ def _shardings(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.sharding, tree)
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)]))
+
+
 def make_train_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
-                    tx: optax.GradientTransformation,
-                    state: TrainState) -> Callable:
+                    tx: optax.GradientTransformation, state: TrainState,
+                    norm: device.Normalization) -> Callable:
   """Compiled (state, batch, learning_rate, rng) -> (state, metrics).
 
-  The state is donated. Dropout's key is `fold_in(rng, step)`, so a resumed
-  run draws the same masks as an uninterrupted one.
+  `batch` holds device.TRAIN_KEYS; its uint8 crops are normalised with
+  `norm` inside the step. The state is donated. Dropout's key is
+  `fold_in(rng, step)`, so a resumed run draws the same masks as an
+  uninterrupted one.
   """
   apply = parallel.make_apply(spec, strategy, state.params, train=True)
 
   def train_step(state, batch, learning_rate, rng):
+    images = device.train_images(batch, norm)
+
     def loss_fn(params):
-      logits = apply(params, batch['image'], jax.random.fold_in(
-          rng, state.step))
+      logits = apply(params, images, jax.random.fold_in(rng, state.step))
       return cross_entropy(logits, batch['label']).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -82,73 +94,97 @@ def make_train_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
     return TrainState(state.step + 1, params, opt_state), metrics
 
   state_sh = _shardings(state)
-  batch_sh = strategy.batch_sharding()
   return jax.jit(
       train_step,
-      in_shardings=(state_sh, {'image': batch_sh, 'label': batch_sh},
+      in_shardings=(state_sh, batch_shardings(strategy, device.TRAIN_KEYS),
                     strategy.replicated(), strategy.replicated()),
       out_shardings=(state_sh, strategy.replicated()),
       donate_argnums=0, compiler_options=parallel.compiler_options())
 
 
+def batch_shardings(strategy: parallel.Strategy,
+                    keys: tuple[str, ...]) -> dict[str, Any]:
+  """Every key of a batch split like the batch (along its first axis)."""
+  return {k: strategy.batch_sharding() for k in keys}
+
+
 def make_eval_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
-                   params: Any, ten_crop: bool) -> Callable:
+                   params: Any, norm: device.Normalization, *,
+                   ten_crop: bool) -> Callable:
   """Compiled (params, batch) -> sums of top-1/top-5 errors and examples.
 
-  With `ten_crop`, images are [B, 10, H, W, 3] and the softmax is averaged
-  over the crops, as in the paper. Padded examples (mask False) count zero.
+  `batch['image']` holds uint8 [B, R, R, 3] base images, normalised here
+  once. The centre crop gives 'top1'/'top5'; with `ten_crop` the paper's
+  ten crops also give 'top1_10crop'/'top5_10crop' (softmax averaged over
+  the crops), one crop at a time, the centre one shared by both protocols.
+  Padded examples (mask False) count zero.
   """
   apply = parallel.make_apply(spec, strategy, params, train=False)
+  size = spec.input_size
 
   def eval_step(params, batch):
-    images = batch['image']
-    if ten_crop:  # [B, crops, H, W, 3]: one forward pass over B * crops.
-      batch_size, crops = images.shape[:2]
-      logits = apply(params, images.reshape(-1, *images.shape[2:]), None)
-      probs = jax.nn.softmax(logits).reshape(batch_size, crops, -1).mean(1)
-    else:
-      probs = jax.nn.softmax(apply(params, images, None))
+    images = device.eval_base_images(batch['image'], norm)
     mask = batch['mask'].astype(jnp.float32)
-    return {'top1': (wrong_at_k(probs, batch['label'], 1) * mask).sum(),
-            'top5': (wrong_at_k(probs, batch['label'], 5) * mask).sum(),
-            'count': mask.sum()}
+    labels = batch['label']
 
-  batch_sh = strategy.batch_sharding()
+    def wrong(probs, k):
+      return (wrong_at_k(probs, labels, k) * mask).sum()
+
+    if ten_crop:
+      views = device.ten_crop_views(images.shape[1], size)
+      probs = jax.lax.map(lambda view: jax.nn.softmax(apply(
+          params, device.crop_view(images, view, size), None)), views)
+      centre, ten = probs[device.CENTRE_VIEW], probs.mean(0)
+    else:
+      centre = jax.nn.softmax(apply(params, device.centre_crop(images, size),
+                                    None))
+    sums = {'top1': wrong(centre, 1), 'top5': wrong(centre, 5),
+            'count': mask.sum()}
+    if ten_crop:
+      sums.update({'top1_10crop': wrong(ten, 1), 'top5_10crop': wrong(ten, 5)})
+    return sums
+
   return jax.jit(eval_step, in_shardings=(
-      _shardings(params), {'image': batch_sh, 'label': batch_sh,
-                           'mask': batch_sh}),
+      _shardings(params), batch_shardings(strategy, device.EVAL_KEYS)),
                  out_shardings=strategy.replicated(),
                  compiler_options=parallel.compiler_options())
 
 
-def evaluate(config: Any, strategy: parallel.Strategy, eval_steps: dict,
+def evaluate(config: Any, strategy: parallel.Strategy, eval_step: Callable,
              params: Any) -> dict[str, float]:
-  """Top-1/top-5 error over the whole validation set, every crop protocol."""
+  """Top-1/top-5 error over the whole validation set, every crop protocol.
+
+  One pass over the validation set: each batch of base images gives the
+  centre-crop and (if the step computes it) the 10-crop results.
+  """
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  shard, shards = strategy.process_batch_shard()
+  iterator = input_pipeline.create_eval_iterator(
+      config, process_index=shard, process_count=shards)
+  shardings = batch_shardings(strategy, device.EVAL_KEYS)
+  sums = {}
+  for batch in iterator:
+    out = eval_step(params, input_pipeline.to_global(batch, shardings))
+    sums = {k: sums.get(k, 0.0) + v for k, v in out.items()}
+  count = float(sums.get('count', 0))
+  if not count:
+    raise ValueError(f'no decodable evaluation image in {config.dataset} '
+                     f'({iterator.num_skipped} skipped)')
   results = {}
-  for protocol, eval_step in eval_steps.items():
-    shard, shards = strategy.process_batch_shard()
-    iterator = input_pipeline.create_eval_iterator(
-        config, ten_crop=protocol == '10crop',
-        process_index=shard, process_count=shards)
-    sums = {'top1': 0.0, 'top5': 0.0, 'count': 0.0}
-    batch_sh = strategy.batch_sharding()
-    shardings = {'image': batch_sh, 'label': batch_sh, 'mask': batch_sh}
-    for batch in iterator:
-      out = eval_step(params, input_pipeline.to_global(batch, shardings))
-      sums = {k: sums[k] + v for k, v in out.items()}
-    count = float(sums['count'])
-    suffix = '' if protocol == 'center' else '_10crop'
-    results[f'eval/top1_error{suffix}'] = float(sums['top1']) / max(count, 1)
-    results[f'eval/top5_error{suffix}'] = float(sums['top5']) / max(count, 1)
-    results['eval/num_examples'] = int(count)
-    results['data/skipped_eval'] = int(iterator.num_skipped)
+  for suffix in ('', '_10crop'):
+    for k in (1, 5):
+      if f'top{k}{suffix}' in sums:
+        results[f'eval/top{k}_error{suffix}'] = float(
+            sums[f'top{k}{suffix}']) / count
+  results['eval/num_examples'] = int(count)
+  results['data/skipped_eval'] = int(iterator.num_skipped)
   return results
 
 
-def _eval_steps(config, spec, strategy, params) -> dict[str, Callable]:
-  protocols = ['center'] + (['10crop'] if config.eval_ten_crop else [])
-  return {p: make_eval_step(spec, strategy, params, p == '10crop')
-          for p in protocols}
+def _eval_step(config, spec, strategy, params) -> Callable:
+  return make_eval_step(spec, strategy, params,
+                        device.Normalization.from_config(config),
+                        ten_crop=config.eval_ten_crop)
 
 
 def check_config(config: Any, strategy: parallel.Strategy,
@@ -161,6 +197,8 @@ def check_config(config: Any, strategy: parallel.Strategy,
           f'config.{key}: {size} does not split over the '
           f'{strategy.data_shards}-way data axis and '
           f'{jax.process_count()} processes')
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  device.Normalization.from_config(config)  # One-line errors, before data.
   classes = input_pipeline.num_classes(config)
   if classes != spec.num_classes:
     raise ValueError(f'config.model.num_classes: the model has '
@@ -185,6 +223,7 @@ def _prepare_workdir(workdir: str) -> None:
 
 def total_steps(config: Any) -> tuple[int, float]:
   """(number of train steps, steps per epoch)."""
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   steps_per_epoch = input_pipeline.num_train_examples(config) / (
       config.batch_size)
   if config.num_train_steps > 0:
@@ -259,6 +298,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
 
 def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   check_config(config, strategy, spec)
   _prepare_workdir(workdir)
   num_steps, steps_per_epoch = total_steps(config)
@@ -296,12 +336,12 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   logs.console(f'{config.mode} mode on mesh {dict(strategy.mesh.shape)}; '
                f'TensorBoard: {writer.tensorboard_dir}; checkpoints: '
                f'{ckpt_dir}; metrics: {writer.jsonl_path}')
-  train_step = make_train_step(spec, strategy, tx, state)
-  eval_steps = _eval_steps(config, spec, strategy, state.params)
-  batch_sh = strategy.batch_sharding()
+  train_step = make_train_step(spec, strategy, tx, state,
+                               device.Normalization.from_config(config))
+  eval_step = _eval_step(config, spec, strategy, state.params)
   batches = input_pipeline.prefetch_to_device(
       train_iter, config.input.prefetch_batches,
-      {'image': batch_sh, 'label': batch_sh})
+      batch_shardings(strategy, device.TRAIN_KEYS))
 
   first_step = int(state.step)
   progress = logs.Progress(first_step, num_steps)
@@ -310,6 +350,13 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   last_eval = {}
 
   def save(step):
+    # A finite loss can still be followed by an update that overflows.
+    if not _all_finite(state.params):
+      mngr.wait_until_finished()
+      raise FloatingPointError(
+          f'non-finite parameters at step {step}; stopped. The latest '
+          f'checkpoint (step {mngr.latest_step()}) holds the last good '
+          'parameters.')
     checkpoint.save(mngr, step, params=state.params,
                     opt_state=state.opt_state, meta=meta,
                     progress={'data': _gather_over_processes(data_state),
@@ -355,7 +402,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
             f'{logs.format_duration(eta)}')
       if done % config.eval_every_steps == 0 or done == num_steps:
         flush()
-        last_eval = evaluate(config, strategy, eval_steps, state.params)
+        last_eval = evaluate(config, strategy, eval_step, state.params)
         if policy.observe(last_eval['eval/top1_error']):
           logs.console(f'validation error stopped improving: learning rate '
                        f'now {policy(done):g}')
@@ -427,7 +474,7 @@ def _evaluate_checkpoint(config, path, workdir, spec, strategy):
       strategy.param_shardings(parallel.abstract_params(spec)))
   params = checkpoint.restore(mngr, step, params_like=abstract)['params']
   results = evaluate(config, strategy,
-                     _eval_steps(config, spec, strategy, params), params)
+                     _eval_step(config, spec, strategy, params), params)
   if workdir:
     _prepare_workdir(workdir)
     logs.MetricsWriter(workdir).write(step, results)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import hlo, optim, parallel, train
+from alexnet_jax.data import device
 from configs import default
 
 BATCH = 8
@@ -28,13 +29,13 @@ def _step_texts(spec, mode, devices) -> tuple[str, str]:
     tx = optim.create_optimizer(default.get_config().optimizer,
                                 parallel.abstract_params(spec))
     state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
-    step = train.make_train_step(spec, strategy, tx, state)
-    size = spec.input_size
-    batch = {'image': jax.ShapeDtypeStruct((BATCH, size, size, 3),
-                                           np.float32,
-                                           sharding=strategy.batch_sharding()),
-             'label': jax.ShapeDtypeStruct((BATCH,), np.int32,
-                                           sharding=strategy.batch_sharding())}
+    step = train.make_train_step(
+        spec, strategy, tx, state,
+        device.Normalization.from_config(default.get_config()))
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype,
+                                     sharding=strategy.batch_sharding())
+             for k, (shape, dtype) in device.train_batch_shapes(
+                 BATCH, spec.input_size).items()}
     lowered = step.lower(state, batch, 0.01, jax.random.key(1))
     return lowered.as_text(), lowered.compile().as_text()
 

@@ -62,7 +62,7 @@ def test_val_folder_without_images_is_an_error(tmp_path):
   _train_folder(tmp_path, np.random.default_rng(0))
   os.makedirs(os.path.join(tmp_path, 'val', 'cat'))
   with pytest.raises(ValueError, match="split 'val'.*no images"):
-    ip.create_eval_iterator(_config(f'folder:{tmp_path}'), ten_crop=False)
+    ip.create_eval_iterator(_config(f'folder:{tmp_path}'))
 
 
 @pytest.fixture
@@ -131,3 +131,12 @@ def test_multi_process_run_does_not_prepare_tfds(tmp_path, monkeypatch):
   assert 'is not prepared' in str(error.value)
   assert '--tfds_only' in str(error.value)
   assert not list(tmp_path.iterdir())  # Nothing was downloaded.
+
+
+def test_unreadable_eval_file_is_an_error_not_a_skip(folder_with_bad_files):
+  config = _config(folder_with_bad_files)
+  evaluation = ip.create_eval_iterator(config)
+  root = folder_with_bad_files[len('folder:'):]
+  os.remove(os.path.join(root, 'val', 'cat', '0.JPEG'))  # After listing.
+  with pytest.raises(ip.DataReadError, match='0.JPEG'):
+    list(evaluation)

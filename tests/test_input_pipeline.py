@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import input_pipeline as ip
+from alexnet_jax.data import device
 from configs import default
 
 RESIZE, CROP = 40, 32
@@ -149,16 +150,21 @@ def test_crop_matches_numpy_slicing():
 
 
 def test_random_flip_flips_left_right_about_half_the_time():
-  image = np.random.default_rng(0).random((5, 6, 3), np.float32)
+  image = np.random.default_rng(0).integers(0, 256, (5, 6, 3), np.uint8)
   seeds = _seeds(200)
   flip = lambda seed: ip.random_flip(tf.constant(image), seed)
-  eager = np.stack([flip(seed) for seed in seeds])
-  in_data = np.stack(list(
-      tf.data.Dataset.from_tensor_slices(seeds).map(flip).as_numpy_iterator()))
-  np.testing.assert_array_equal(eager, in_data)
-  flipped = np.all(eager == image[:, ::-1], axis=(1, 2, 3))
-  np.testing.assert_array_equal(eager[~flipped],
-                                np.broadcast_to(image, eager[~flipped].shape))
+  eager = [flip(seed) for seed in seeds]
+  images = np.stack([im for im, _ in eager])
+  flipped = np.array([bool(f) for _, f in eager])
+  in_data = list(
+      tf.data.Dataset.from_tensor_slices(seeds).map(flip).as_numpy_iterator())
+  np.testing.assert_array_equal(images, np.stack([im for im, _ in in_data]))
+  np.testing.assert_array_equal(flipped, [f for _, f in in_data])
+  np.testing.assert_array_equal(images[flipped],
+                                np.broadcast_to(image[:, ::-1],
+                                                images[flipped].shape))
+  np.testing.assert_array_equal(images[~flipped],
+                                np.broadcast_to(image, images[~flipped].shape))
   assert 70 < flipped.sum() < 130
 
 
@@ -168,54 +174,18 @@ def test_pca_lighting_has_the_analytic_covariance(convention):
   eigvec = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
                      [-0.5836, -0.6948, 0.4203]])
   sigma, n = 0.1, 20_000
-  image = np.random.default_rng(0).random((4, 5, 3), np.float32)
-  light = lambda seed: ip.pca_lighting(tf.constant(image), seed, sigma,
-                                       eigval, eigvec, convention) - image
-  deltas = np.stack(list(tf.data.Dataset.from_tensor_slices(_seeds(n))
-                         .map(light).batch(n).as_numpy_iterator())[0])
-  # Constant over one image.
-  np.testing.assert_allclose(
-      deltas, np.broadcast_to(deltas[:, :1, :1], deltas.shape), atol=1e-6)
-  shifts = deltas[:, 0, 0]
+  light = lambda seed: ip.pca_lighting(seed, sigma, eigval, eigvec,
+                                       convention)
+  shifts = list(tf.data.Dataset.from_tensor_slices(_seeds(n))
+                .map(light).batch(n).as_numpy_iterator())[0]
+  assert shifts.shape == (n, 3)
   scale = eigval if convention == 'variance' else np.sqrt(eigval)
   expected = eigvec @ np.diag(sigma**2 * scale**2) @ eigvec.T
   np.testing.assert_allclose(np.cov(shifts.T), expected,
                              atol=0.05 * np.abs(expected).max())
   np.testing.assert_allclose(shifts.mean(0), 0, atol=0.05 * scale.max() * sigma)
   eager = light(_seeds(1)[0]).numpy()
-  np.testing.assert_allclose(eager, deltas[0], rtol=1e-6, atol=1e-7)
-
-
-def test_ten_crops_are_corners_centre_and_their_flips():
-  image = np.random.default_rng(0).random((RESIZE, RESIZE, 3), np.float32)
-  eager, in_data = _both_ways(lambda im: ip.ten_crops(im, CROP),
-                              tf.constant(image))
-  far, mid = RESIZE - CROP, (RESIZE - CROP) // 2
-  windows = [image[y:y + CROP, x:x + CROP]
-             for y, x in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
-  expected = np.stack(windows + [w[:, ::-1] for w in windows])
-  np.testing.assert_array_equal(eager, expected)
-  np.testing.assert_array_equal(in_data, expected)
-
-
-def test_normalization_subtracts_channel_and_pixel_means():
-  rng = np.random.default_rng(0)
-  image = rng.random((RESIZE, RESIZE, 3), np.float32)
-  mean_rgb = np.array([0.1, 0.2, 0.3], np.float32)
-  per_channel = ip._Normalization(mean_rgb, None, 1.0, False)
-  np.testing.assert_allclose(per_channel(tf.constant(image)), image - mean_rgb,
-                             atol=1e-6)
-  caffe = ip._Normalization(mean_rgb, None, 255.0, True)
-  np.testing.assert_allclose(caffe(tf.constant(image)),
-                             (255 * (image - mean_rgb))[..., ::-1], rtol=1e-5)
-  mean_image = rng.random((RESIZE, RESIZE, 3), np.float32)
-  per_pixel = ip._Normalization(mean_image, None, 1.0, False)
-  window = image[2:2 + CROP, 5:5 + CROP]
-  eager, in_data = _both_ways(
-      lambda im: per_pixel(im, tf.constant([2, 5]), CROP), tf.constant(window))
-  expected = window - mean_image[2:2 + CROP, 5:5 + CROP]
-  np.testing.assert_allclose(eager, expected, atol=1e-6)
-  np.testing.assert_allclose(in_data, expected, atol=1e-6)
+  np.testing.assert_allclose(eager, shifts[0], rtol=1e-6, atol=1e-7)
 
 
 def test_decode_handles_grayscale_cmyk_and_png():
@@ -275,6 +245,144 @@ def test_model_input_size_follows_variant():
 
 
 # ---------------------------------------------------------------------------
+# Host and device together: the host's uint8 share, then the device's float
+# work, against a plain NumPy reference.
+
+
+@pytest.fixture(scope='module')
+def base_folder(tmp_path_factory):
+  """PNGs already RESIZE x RESIZE (the resize is then the identity)."""
+  rng = np.random.default_rng(5)
+  pixels = {c: [rng.integers(0, 256, (RESIZE, RESIZE, 3), np.uint8)
+                for _ in range(n)] for c, n in (('p', 3), ('q', 5))}
+  files = {c: [_encode(Image.fromarray(p), 'PNG') for p in images]
+           for c, images in pixels.items()}
+  dataset = _write_folder(tmp_path_factory.mktemp('base'), files)
+  return dataset, [(p, label) for label, c in enumerate(sorted(pixels))
+                   for p in pixels[c]]
+
+
+def _stats_file(tmp_path, rng) -> str:
+  path = str(tmp_path / 'stats.npz')
+  eigvec, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+  np.savez(path, mean_rgb=np.array([0.4, 0.5, 0.6], np.float32),
+           mean_image=rng.uniform(0.2, 0.8, (RESIZE, RESIZE, 3)).astype(
+               np.float32),
+           eigval=np.array([0.3, 0.02, 0.005], np.float32),
+           eigvec=eigvec.astype(np.float32))
+  return path
+
+
+CONVENTIONS = {
+    'channel_mean': {},
+    'pixel_mean_std_stddev': {'input.mean_subtraction': 'pixel',
+                              'input.std_rgb': (0.2, 0.25, 0.3),
+                              'input.pca_convention': 'stddev',
+                              'input.pca_lighting_sigma': 0.5},
+    'caffe_bgr_255_centre': {'input.channel_order': 'BGR',
+                             'input.value_scale': 255.0,
+                             'input.mean_rgb': (0.48, 0.46, 0.41),
+                             'input.random_crop': False,
+                             'input.pca_lighting_sigma': 0.0},
+}
+
+
+def _reference(base, where, lighting, config, stats):
+  """Crop, + lighting, - mean, / std, * scale, flip, BGR, in plain NumPy."""
+  y, x, flipped = where
+  inp = config.input
+  image = base[y:y + CROP, x:x + CROP].astype(np.float64) / 255 + lighting
+  if inp.mean_subtraction == 'pixel':
+    image -= stats['mean_image'][y:y + CROP, x:x + CROP]
+  else:
+    image -= (stats['mean_rgb'] if inp.get('stats_file') else
+              np.array(inp.mean_rgb))
+  if inp.std_rgb is not None:
+    image /= np.array(inp.std_rgb)
+  image *= inp.value_scale
+  if flipped:
+    image = image[:, ::-1]
+  return image[..., ::-1] if inp.channel_order == 'BGR' else image
+
+
+@pytest.mark.parametrize('name', sorted(CONVENTIONS))
+def test_host_and_device_match_numpy(base_folder, tmp_path, name):
+  dataset, originals = base_folder
+  overrides = dict(CONVENTIONS[name], batch_size=len(originals))
+  if name.startswith('pixel'):
+    overrides['input.stats_file'] = _stats_file(tmp_path,
+                                                np.random.default_rng(6))
+  config = _config(dataset, **overrides)
+  stats = dict(np.load(config.input.stats_file)) if (
+      config.input.stats_file) else {}
+  batch = next(ip.create_train_iterator(config))
+  images = jax.jit(lambda b: device.train_images(
+      b, device.Normalization.from_config(config)))(batch)
+  for row in range(len(originals)):
+    where = batch['crop'][row]
+    y, x, flipped = where
+    # The host sends exactly the uint8 crop of one base image, flipped or
+    # not, and where it lies.
+    windows = [(base[y:y + CROP, x:x + CROP], label)
+               for base, label in originals]
+    if flipped:
+      windows = [(w[:, ::-1], label) for w, label in windows]
+    found = [i for i, (w, label) in enumerate(windows)
+             if np.array_equal(w, batch['image'][row])]
+    assert len(found) == 1
+    base, label = originals[found[0]]
+    assert batch['label'][row] == label
+    if not config.input.random_crop:
+      assert (y, x) == ((RESIZE - CROP) // 2,) * 2
+    lighting = batch['lighting'][row]
+    assert (np.any(lighting != 0) == (config.input.pca_lighting_sigma > 0))
+    np.testing.assert_allclose(
+        images[row], _reference(base, where, lighting, config, stats),
+        rtol=1e-5, atol=1e-5 * config.input.value_scale)
+  assert 0 < batch['crop'][:, 2].sum() < len(originals)  # Both flips seen.
+
+
+def test_eval_sends_the_uint8_base_image(base_folder):
+  dataset, originals = base_folder
+  _, batches = _eval_all(_config(dataset, eval_batch_size=3))
+  sent = [(image, label) for b in batches
+          for image, label, real in zip(b['image'], b['label'], b['mask'])
+          if real]
+  assert len(sent) == len(originals)
+  for image, label in sent:
+    assert image.dtype == np.uint8
+    assert sum(np.array_equal(image, base) and label == want
+               for base, want in originals) == 1
+
+
+def _draws(config, *, seed=0, process_index=0, epoch=0, index=0):
+  """(crop, lighting) the host draws for one record."""
+  record = {'encoded': tf.constant(_encode(
+      Image.fromarray(np.zeros((RESIZE, RESIZE, 3), np.uint8)), 'PNG')),
+            'label': tf.constant(0), 'index': tf.constant(index, tf.int64)}
+  out = ip.make_train_preprocess(config, seed=seed,
+                                 process_index=process_index,
+                                 epoch=epoch)(record)
+  return out['crop'].numpy(), out['lighting'].numpy()
+
+
+def test_draws_are_keyed_by_seed_process_epoch_and_index():
+  config = _config('synthetic')
+  key = dict(seed=3, process_index=1, epoch=2, index=17)
+  crop, lighting = _draws(config, **key)
+  again = _draws(config, **key)
+  np.testing.assert_array_equal(crop, again[0])
+  np.testing.assert_array_equal(lighting, again[1])
+  for field in key:
+    other = _draws(config, **dict(key, **{field: key[field] + 1}))
+    assert not np.array_equal(lighting, other[1]), field
+  # Over many indices: every offset of the valid range, both flips.
+  crops = np.stack([_draws(config, index=i)[0] for i in range(300)])
+  assert set(crops[:, 0]) == set(crops[:, 1]) == set(range(RESIZE - CROP + 1))
+  assert 110 < crops[:, 2].sum() < 190
+
+
+# ---------------------------------------------------------------------------
 # Whole pipeline.
 
 
@@ -285,9 +393,8 @@ def _fingerprints(images, labels):
   return np.array(pairs)
 
 
-def _eval_all(config, *, ten_crop=False, process_index=0, process_count=1):
-  iterable = ip.create_eval_iterator(config, ten_crop=ten_crop,
-                                     process_index=process_index,
+def _eval_all(config, *, process_index=0, process_count=1):
+  iterable = ip.create_eval_iterator(config, process_index=process_index,
                                      process_count=process_count)
   batches = list(iterable)
   return iterable, batches
@@ -305,7 +412,10 @@ def test_messy_folder_train_and_eval_skip_exactly_the_bad_files(messy_folder):
   masks = np.concatenate([b['mask'] for b in batches])
   images = np.concatenate([b['image'] for b in batches])[masks]
   labels = np.concatenate([b['label'] for b in batches])[masks]
-  assert np.isfinite(images).all() and images.shape[1:] == (CROP, CROP, 3)
+  assert images.dtype == np.uint8 and images.shape[1:] == (RESIZE, RESIZE, 3)
+  assert all(b['image'].shape == (4, RESIZE, RESIZE, 3) for b in batches)
+  mid = (RESIZE - CROP) // 2
+  centre = images[:, mid:mid + CROP, mid:mid + CROP]
 
   train = ip.create_train_iterator(config)
   epoch0 = [next(train) for _ in range(num_good)]
@@ -318,21 +428,12 @@ def test_messy_folder_train_and_eval_skip_exactly_the_bad_files(messy_folder):
   np.testing.assert_allclose(
       _fingerprints(np.concatenate([b['image'] for b in epoch0]),
                     np.concatenate([b['label'] for b in epoch0])),
-      _fingerprints(images, labels), atol=1e-3)
+      _fingerprints(centre, labels), atol=1e-3)
   for _ in range(num_good):
     next(train)
   assert train.get_state()['epoch'] == 2
   # The same bad files in every epoch count once.
   assert train.num_skipped == num_bad
-
-
-def test_messy_folder_ten_crop_eval(messy_folder):
-  dataset, num_good, num_bad = messy_folder
-  config = _config(dataset, eval_batch_size=4)
-  evaluation, batches = _eval_all(config, ten_crop=True)
-  assert all(b['image'].shape == (4, 10, CROP, CROP, 3) for b in batches)
-  assert (evaluation.num_examples, evaluation.num_skipped) == (num_good,
-                                                               num_bad)
 
 
 def test_eval_sees_every_example_once(clean_folder):
@@ -383,8 +484,9 @@ def _take(iterator, n):
 def _assert_same_batches(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
-    np.testing.assert_array_equal(x['label'], y['label'])
-    np.testing.assert_array_equal(x['image'], y['image'])
+    assert set(x) == set(y) == {'image', 'lighting', 'crop', 'label'}
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
 
 
 def test_same_seed_same_batches_other_seed_other_batches(clean_folder):
@@ -443,8 +545,11 @@ def test_synthetic_dataset_is_read_through_folder_path(tmp_path):
   assert ip.num_classes(config) == 3
   assert ip.num_train_examples(config) == 12
   batch = next(ip.create_train_iterator(config))
-  assert batch['image'].shape == (4, CROP, CROP, 3)
-  assert batch['image'].dtype == np.float32 and batch['label'].dtype == np.int32
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      'image': ((4, CROP, CROP, 3), np.uint8),
+      'lighting': ((4, 3), np.float32),
+      'crop': ((4, 3), np.int32),
+      'label': ((4,), np.int32)}
   evaluation, _ = _eval_all(config)
   assert evaluation.num_examples == 6
 
@@ -454,7 +559,7 @@ def test_to_global_and_prefetch_keep_the_state_of_each_batch(clean_folder):
   mesh = jax.make_mesh((1,), ('data',))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
       'data'))
-  shardings = {'image': sharding, 'label': sharding}
+  shardings = {k: sharding for k in ('image', 'lighting', 'crop', 'label')}
   reference = ip.create_train_iterator(config)
   expected = []
   for _ in range(3):
@@ -464,8 +569,8 @@ def test_to_global_and_prefetch_keep_the_state_of_each_batch(clean_folder):
   for want_batch, want_state in expected:
     global_batch, state, num_skipped = next(prefetched)
     assert isinstance(global_batch['image'], jax.Array)
-    np.testing.assert_array_equal(np.asarray(global_batch['image']),
-                                  want_batch['image'])
+    for key, want in want_batch.items():
+      np.testing.assert_array_equal(np.asarray(global_batch[key]), want)
     assert state == want_state
     assert num_skipped == want_state['num_skipped']
   prefetched.close()

@@ -1,6 +1,9 @@
 """Every execution mode runs the same function: equal logits, loss, grads.
 
-Also checks, from the compiled programs, where parameters live and which
+From the batch the host sends (uint8 crops, lighting offsets, crop
+positions) through the device's normalisation, with every convention at
+once: a per-pixel mean image, std division, a value scale and BGR. Also
+checks, from the compiled programs, where parameters live and which
 collectives each mode issues.
 """
 
@@ -10,6 +13,7 @@ import optax
 import pytest
 
 from alexnet_jax import hlo, models, parallel
+from alexnet_jax.data import device
 
 BATCH = 8
 # (mode, devices): every mode on 2 simulated devices, and the modes that
@@ -18,10 +22,33 @@ MODES = [('data', 2), ('tower', 2), ('hybrid', 2), ('data', 4),
          ('data_tower', 4), ('hybrid', 4)]
 
 
-def _batch(spec):
-  rng = np.random.RandomState(0)
-  images = rng.randn(BATCH, spec.input_size, spec.input_size, 3)
-  return images.astype(np.float32), rng.randint(0, spec.num_classes, BATCH)
+RESIZE = 76  # Base images, from which the batch's crops were cut.
+
+
+def _norm():
+  rng = np.random.default_rng(3)
+  mean_image = rng.uniform(0.3, 0.7, (RESIZE, RESIZE, 3)).astype(np.float32)
+  return device.Normalization(mean_image,
+                              np.array([0.2, 0.25, 0.3], np.float32), 2.0,
+                              bgr=True)
+
+
+def _batch(spec, strategy):
+  """A global training batch (device.TRAIN_KEYS) and the images it gives."""
+  batch = device.random_train_batch(np.random.default_rng(0), BATCH,
+                                    spec.input_size, RESIZE,
+                                    spec.num_classes)
+  return {k: jax.device_put(v, strategy.batch_sharding())
+          for k, v in batch.items()}
+
+
+def _loss_fn(apply):
+  def loss_fn(p, batch, rng):
+    logits = apply(p, device.train_images(batch, _norm()), rng)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                           batch['label'])
+    return loss.mean(), logits
+  return loss_fn
 
 
 def _loss_logits_grads(spec, mode, num_devices):
@@ -30,22 +57,16 @@ def _loss_logits_grads(spec, mode, num_devices):
   params = parallel.init_params(spec, strategy, jax.random.key(1))
   train_apply = parallel.make_apply(spec, strategy, params, train=True)
   eval_apply = parallel.make_apply(spec, strategy, params, train=False)
-
-  def loss_fn(p, images, labels, rng):
-    logits = train_apply(p, images, rng)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return loss.mean(), logits
+  loss_fn = _loss_fn(train_apply)
 
   @jax.jit
-  def run(p, images, labels, rng):
+  def run(p, batch, rng):
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        p, images, labels, rng)
+        p, batch, rng)
+    images = device.train_images(batch, _norm())
     return loss, logits, grads, eval_apply(p, images, rng)
 
-  images, labels = _batch(spec)
-  sharding = strategy.batch_sharding()
-  out = run(params, jax.device_put(images, sharding),
-            jax.device_put(labels, sharding), jax.random.key(2))
+  out = run(params, _batch(spec, strategy), jax.random.key(2))
   return jax.tree.map(np.asarray, out)
 
 
@@ -72,18 +93,9 @@ def test_modes_are_one_function(small_spec, single, mode, num_devices):
 
 
 def _compiled_grad(spec, strategy, params):
-  apply = parallel.make_apply(spec, strategy, params, train=True)
-
-  def loss_fn(p, images, labels, rng):
-    logits = apply(p, images, rng)
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, labels).mean()
-
-  images, labels = _batch(spec)
-  sharding = strategy.batch_sharding()
-  return jax.jit(jax.grad(loss_fn)).lower(
-      params, jax.device_put(images, sharding),
-      jax.device_put(labels, sharding), jax.random.key(0)).compile()
+  loss_fn = _loss_fn(parallel.make_apply(spec, strategy, params, train=True))
+  return jax.jit(jax.grad(lambda *args: loss_fn(*args)[0])).lower(
+      params, _batch(spec, strategy), jax.random.key(0)).compile()
 
 
 def test_tower_mode_places_one_tower_per_device(small_spec):

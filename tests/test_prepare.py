@@ -151,19 +151,20 @@ def test_prepared_and_raw_paths_give_the_same_batches(smooth_folder, tmp_path):
   prepared = _take(ip.create_train_iterator(prepared_config), 8)
   for a, b in zip(raw, prepared):
     np.testing.assert_array_equal(a['label'], b['label'])
-    # Normalisation is x / 255 - mean: differences are pixel errors / 255.
-    assert _rms(a['image'] * 255, b['image'] * 255) <= 2 * bound
-  assert _rms(raw[0]['image'], raw[1]['image']) * 255 > 10 * bound
+    np.testing.assert_array_equal(a['crop'], b['crop'])
+    np.testing.assert_array_equal(a['lighting'], b['lighting'])
+    assert a['image'].dtype == b['image'].dtype == np.uint8
+    assert _rms(a['image'], b['image']) <= 2 * bound
+  assert _rms(raw[0]['image'], raw[1]['image']) > 10 * bound
 
-  raw_eval = list(ip.create_eval_iterator(raw_config, ten_crop=False))
-  prepared_eval = list(ip.create_eval_iterator(prepared_config,
-                                               ten_crop=False))
+  raw_eval = list(ip.create_eval_iterator(raw_config))
+  prepared_eval = list(ip.create_eval_iterator(prepared_config))
   raw_labels = np.concatenate([b['label'][b['mask']] for b in raw_eval])
   prepared_labels = np.concatenate([b['label'][b['mask']]
                                     for b in prepared_eval])
   np.testing.assert_array_equal(raw_labels, prepared_labels)
   for a, b in zip(raw_eval, prepared_eval):
-    assert _rms(a['image'] * 255, b['image'] * 255) <= 2 * bound
+    assert _rms(a['image'], b['image']) <= 2 * bound
 
 
 @pytest.fixture(scope='module')

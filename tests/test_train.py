@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint, parallel, train
+from alexnet_jax.data import device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ('train/loss', 'train/top1_error', 'train/top5_error',
@@ -70,6 +71,63 @@ def test_runs_in_every_mode_reach_the_same_parameters(tiny_config_factory,
     finals.append(_final_params(config, str(tmp_path / mode))[1])
   for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _wrong_at_k(probs, labels, k):
+  top = np.argsort(-probs, axis=-1)[:, :k]
+  return ~np.any(top == labels[:, None], axis=-1)
+
+
+def test_eval_step_gives_both_protocols_from_one_batch(small_spec):
+  """Centre crop and 10-crop sums from uint8 base images, against NumPy."""
+  resize, size, batch = 76, small_spec.input_size, 8
+  strategy = parallel.create_strategy('single', 1, small_spec, batch)
+  params = parallel.init_params(small_spec, strategy, jax.random.key(3))
+  mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
+  norm = device.Normalization(mean.astype(np.float32),
+                              std.astype(np.float32), 1.0, False)
+  rng = np.random.default_rng(4)
+  images = rng.integers(0, 256, (batch, resize, resize, 3), np.uint8)
+  # The reference: NumPy crops of the normalised base images.
+  base = ((images / 255.0 - mean) / std).astype(np.float32)
+  far, mid = resize - size, (resize - size) // 2
+  corners = [base[:, y:y + size, x:x + size]
+             for y, x in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
+  apply = jax.jit(parallel.make_apply(small_spec, strategy, params,
+                                      train=False))
+  probs = np.stack([jax.nn.softmax(apply(params, c, None))
+                    for c in corners + [c[:, :, ::-1] for c in corners]])
+  centre, ten = probs[4], probs.mean(0)
+  # Right under the centre crop for the first half, wrong for the rest;
+  # the last two examples are padding.
+  labels = np.concatenate([centre[:4].argmax(-1), centre[4:].argmin(-1)])
+  mask = np.arange(batch) < 6
+  step = train.make_eval_step(small_spec, strategy, params, norm,
+                              ten_crop=True)
+  out = step(params, {'image': images, 'label': labels.astype(np.int32),
+                      'mask': mask})
+  assert float(out['count']) == 6
+  assert float(out['top1']) == 2
+  for k in (1, 5):
+    assert float(out[f'top{k}']) == _wrong_at_k(centre, labels, k)[mask].sum()
+    assert float(out[f'top{k}_10crop']) == _wrong_at_k(ten, labels,
+                                                        k)[mask].sum()
+  centre_only = train.make_eval_step(small_spec, strategy, params, norm,
+                                     ten_crop=False)(
+      params, {'image': images, 'label': labels.astype(np.int32),
+               'mask': mask})
+  assert set(centre_only) == {'top1', 'top5', 'count'}
+  for key in centre_only:
+    assert float(centre_only[key]) == float(out[key])
+
+
+def test_steps_build_without_tensorflow():
+  """The GPU machines have no TensorFlow: only reading data may need it."""
+  subprocess.run(
+      [sys.executable, '-c', 'import sys, alexnet_jax.train, '
+       'alexnet_jax.benchmark, alexnet_jax.cost, alexnet_jax.data.device; '
+       'assert "tensorflow" not in sys.modules, "tensorflow imported"'],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True)
 
 
 def _main_cmd(workdir, overrides):
