@@ -662,6 +662,37 @@ def base_image(contents: tf.Tensor, resize_size: int,
   return image
 
 
+def base_crop(contents: tf.Tensor, resize_size: int, offset: tf.Tensor,
+              crop_size: int, antialias: bool = True) -> tf.Tensor:
+  """`base_image(...)[y:y+crop, x:x+crop]` for `offset` (y, x), uint8.
+
+  With the antialiased resize only the crop's window of the base image is
+  computed (TF's resize is a ScaleAndTranslate; a translated, smaller output
+  grid is the same function for about 30% less work). The vectorised
+  kernel's rounding depends on a pixel's place in the grid, so about 0.1% of
+  the pixels differ from the whole base image's by one level.
+  """
+  if not antialias:
+    return crop(base_image(contents, resize_size, antialias), offset,
+                crop_size)
+  square, side = _decoded_square(contents)
+
+  def window():
+    scale = (tf.constant(resize_size, tf.float32) /
+             tf.cast(tf.stack([side, side]), tf.float32))
+    image = tf.raw_ops.ScaleAndTranslate(
+        images=tf.cast(square, tf.float32)[None],
+        size=tf.constant([crop_size, crop_size]), scale=scale,
+        translation=-tf.cast(offset, tf.float32), kernel_type='triangle',
+        antialias=True)
+    return to_uint8(image[0])
+
+  image = tf.cond(tf.equal(side, resize_size),
+                  lambda: crop(square, offset, crop_size), window)
+  image.set_shape([crop_size, crop_size, 3])
+  return image
+
+
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
   """Rounds 0..255 floats to uint8."""
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
@@ -795,8 +826,8 @@ def make_train_preprocess(config, *, seed: int, process_index: int,
       image = decode_crop_window(record['encoded'], resize, size, offset,
                                  inp.antialias)
     else:
-      image = crop(base_image(record['encoded'], resize, inp.antialias),
-                   offset, size)
+      image = base_crop(record['encoded'], resize, offset, size,
+                        inp.antialias)
     image = _to_uint8(image)
     image.set_shape([size, size, 3])
     flipped = tf.constant(False)

@@ -332,3 +332,22 @@ def test_training_on_prepared_data_resumes_exactly_after_sigkill(
   assert step_a == step_b == target
   for a, b in zip(resumed, straight):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('antialias', [True, False])
+def test_base_crop_is_the_crop_of_the_base_image(antialias):
+  """The training crop resizes only its window: the same pixels."""
+  rng = np.random.default_rng(3)
+  shapes = ((375, 500), (500, 333), (RESIZE, RESIZE + 9), (7, 10),
+            (RESIZE, RESIZE), (1100, 803), (RESIZE - 3, RESIZE + 40))
+  for height, width in shapes:
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(pixels), quality=95)
+    base = ip.base_image(data, RESIZE, antialias).numpy()
+    for offset in ((0, 0), (3, 8), (RESIZE - CROP, RESIZE - CROP), (5, 0)):
+      window = ip.base_crop(data, RESIZE, tf.constant(offset), CROP,
+                            antialias).numpy().astype(int)
+      expected = base[offset[0]:offset[0] + CROP, offset[1]:offset[1] + CROP]
+      # Rounding order in the vectorised resize: rare values one level off.
+      assert np.abs(window - expected).max() <= 1
+      assert np.mean(window != expected) < 0.005
