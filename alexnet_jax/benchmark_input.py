@@ -5,10 +5,12 @@ r"""Measures the training input pipeline's throughput on this machine.
   python -m alexnet_jax.benchmark_input --config=configs/default.py \
       --imagenet_like=2000 [--prepare] [--data_dir=DIR]
 
-Times the training iterator: host batches ready for the device, epoch
-boundaries included (the slowest batch is printed beside the median). The
-last line is `images_per_sec_per_core <number>`, with the cores this process
-may use and the load average at the end.
+Times the training iterator: host batches ready for the device (uint8
+crops, lighting offsets, crop positions, labels), epoch boundaries included
+(the slowest batch is printed beside the median). The last line is
+`images_per_sec_per_core <number>`: wall-clock images/s over the cores this
+process may use; on a shared machine compare it with the load average
+printed, and with the images per CPU-second of this process.
 
 `--imagenet_like=N` writes N ImageNet-sized JPEGs (500x375, ~110 KB) in the
 folder layout (into --data_dir, reused if it already holds them, else a
@@ -21,6 +23,7 @@ restoring the worst position of an epoch against the first of a fresh start.
 
 import io
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -90,20 +93,29 @@ def _load() -> str:
     return ' '.join(f.read().split()[:3])
 
 
+def _cpu_seconds() -> float:
+  """CPU time of this process, all threads (not of other jobs)."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
 def time_train_iterator(config, batches: int, warmup: int
-                        ) -> tuple[float, float, float]:
-  """(images/s, median and slowest batch seconds) of the training iterator."""
+                        ) -> dict[str, float]:
+  """Images per second (wall clock) and per CPU-second of the training
+  iterator, and its median and slowest batch times."""
   iterator = input_pipeline.create_train_iterator(config)
   for _ in range(warmup):
     next(iterator)
   times = []
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), _cpu_seconds()
   for _ in range(batches):
     before = time.perf_counter()
     next(iterator)
     times.append(time.perf_counter() - before)
-  rate = batches * config.batch_size / (time.perf_counter() - start)
-  return rate, statistics.median(times), max(times)
+  images = batches * config.batch_size
+  return {'rate': images / (time.perf_counter() - start),
+          'per_cpu_second': images / (_cpu_seconds() - cpu_start),
+          'median': statistics.median(times), 'slowest': max(times)}
 
 
 def time_resume(config) -> tuple[float, float]:
@@ -167,13 +179,15 @@ def _report(config) -> float:
     fresh, worst = time_resume(config)
     print(f'first batch: {fresh:.2f} s from the start, {worst:.2f} s from the '
           'worst resume position')
-  rate, median, slowest = time_train_iterator(config, _BATCHES.value,
-                                              _WARMUP.value)
+  timing = time_train_iterator(config, _BATCHES.value, _WARMUP.value)
+  rate = timing['rate']
   print(f'{config.dataset}: {rate:.1f} images/s, {rate / _cores():.1f} per '
         f'core ({_cores()} cores, batch {config.batch_size}, '
         f'{input_pipeline.model_input_size(config)} px); batch time median '
-        f'{median * 1e3:.0f} ms, slowest {slowest * 1e3:.0f} ms; load '
-        f'average {_load()}')
+        f'{timing["median"] * 1e3:.0f} ms, slowest '
+        f'{timing["slowest"] * 1e3:.0f} ms; load average {_load()}')
+  print(f'images per CPU-second of this process: '
+        f'{timing["per_cpu_second"]:.1f} (other jobs lower it less)')
   return rate
 
 
