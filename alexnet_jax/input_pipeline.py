@@ -75,6 +75,7 @@ _READ_BUFFER = 8 << 20  # TFRecord read buffer: few, large reads.
 
 
 def _order_key(seed: int, process_index: int, epoch: tf.Tensor) -> tf.Tensor:
+  """The key of an epoch's order (augmentation keys fold in indices >= 0)."""
   key = tf.constant([seed, process_index], tf.int64)
   key = tf.random.experimental.stateless_fold_in(key, epoch)
   return tf.random.experimental.stateless_fold_in(key, -1)
@@ -146,22 +147,26 @@ class _FolderSource:
   def train_shard_size(self, process_count: int) -> int:
     return self.num_train // process_count
 
+  def epoch_order(self, seed: int, epoch) -> tf.Tensor:
+    """Epoch `epoch`'s order of all files, the same for every process."""
+    return _block_permutation(_order_key(seed, 0, epoch),
+                              tf.constant(0, tf.int64), self.num_train)
+
   def train_records(self, seed: int, first_epoch: int, start: int,
                     process_index: int, process_count: int) -> tf.data.Dataset:
-    """This process's files (every process_count-th), epoch after epoch.
+    """Every process_count-th file of each epoch's order, epoch after epoch.
 
     Records {'encoded', 'label', 'index', 'epoch'}, 'index' being the
-    position in the epoch; the share is one block, shuffled each epoch.
+    position in this process's epoch. A global batch holds the same files
+    on any number of processes.
     """
     size = self.train_shard_size(process_count)
-    share = slice(process_index, process_index + size * process_count,
-                  process_count)
-    paths = tf.constant(self.train_paths[share].astype(str))
-    labels = tf.constant(self.train_labels[share])
+    paths = tf.constant(self.train_paths.astype(str))
+    labels = tf.constant(self.train_labels)
 
     def epoch_records(epoch, skip):
-      key = _order_key(seed, process_index, epoch)
-      order = _block_permutation(key, tf.constant(0, tf.int64), size)[skip:]
+      order = self.epoch_order(seed, epoch)[process_index::process_count]
+      order = order[skip:size]
       return tf.data.Dataset.from_tensor_slices(
           (tf.gather(paths, order), tf.gather(labels, order),
            tf.range(skip, size), tf.fill(tf.shape(order), epoch)))
@@ -169,6 +174,25 @@ class _FolderSource:
     ds = _over_epochs(epoch_records, first_epoch, start)
     return ds.map(lambda p, y, i, e: _records(tf.io.read_file(p), y, i, e),
                   num_parallel_calls=_AUTOTUNE)
+
+  def first_skips(self, seed: int, epoch: int, positions: np.ndarray,
+                  process_index: int, process_count: int) -> int:
+    """How many of the files skipped at `positions` of this process's epoch
+    no process read in an earlier epoch (each bad file counts once).
+
+    Every epoch reads all files but the last num_train % process_count of
+    its order, so a file is new only in epoch 0 or if it was left out of
+    every epoch before.
+    """
+    files = self.epoch_order(seed, epoch).numpy()[
+        process_index + process_count * positions]
+    read = self.train_shard_size(process_count) * process_count
+    new = np.ones(len(files), bool)
+    for earlier in range(epoch):
+      new &= np.isin(files, self.epoch_order(seed, earlier).numpy()[read:])
+      if not new.any():
+        break
+    return int(new.sum())
 
   def eval_shard_size(self, process_index: int, process_count: int) -> int:
     return len(self.eval_paths[process_index::process_count])
@@ -329,6 +353,13 @@ class _PreparedSource:
 
     return _over_epochs(epoch_records, first_epoch, start)
 
+  def first_skips(self, seed: int, epoch: int, positions: np.ndarray,
+                  process_index: int, process_count: int) -> int:
+    """Files skipped at `positions` that were not skipped before: a process
+    reads the same share in every epoch, so those of epoch 0."""
+    del seed, process_index, process_count  # The share is fixed.
+    return len(positions) if epoch == 0 else 0
+
   def _eval_range(self, process_index: int, process_count: int):
     total = self.index['splits']['val']['num_examples']
     return (total * process_index // process_count,
@@ -433,6 +464,13 @@ class _TfdsSource:
       part = part.map(functools.partial(_tfds_record, epoch=epoch))
       ds = part if ds is None else ds.concatenate(part)
     return ds
+
+  def first_skips(self, seed: int, epoch: int, positions: np.ndarray,
+                  process_index: int, process_count: int) -> int:
+    """Files skipped at `positions` that were not skipped before: a process
+    reads the same share in every epoch, so those of epoch 0."""
+    del seed, process_index, process_count  # The share is fixed.
+    return len(positions) if epoch == 0 else 0
 
   def _eval_subsplit(self, process_index: int, process_count: int) -> str:
     return tfds.even_splits(self._eval_split, process_count)[process_index]
@@ -976,10 +1014,11 @@ class TrainIterator:
   (a TFDS source: a few epochs per pipeline), so the next epoch's first
   images are ready before the last one ends.
 
-  Each process reads the same share of the files in every epoch, so
-  `num_skipped` counts distinct undecodable files: the most skipped in any
-  one epoch so far (part of the state). Files that cannot be read are
-  retried from the last position, then stop the run with `DataReadError`.
+  `num_skipped` (part of the state) counts the distinct undecodable files
+  this process was the first to skip: a file that fails in every epoch
+  counts once, and summed over processes each counts once. Files that
+  cannot be read are retried from the last position, then stop the run
+  with `DataReadError`.
   """
 
   retry_delay_s = 2.0
@@ -998,14 +1037,12 @@ class TrainIterator:
 
   def get_state(self) -> dict[str, int]:
     return {'epoch': self._epoch, 'next_index': self._next_index,
-            'num_skipped': self.num_skipped,
-            'skipped_in_epoch': self._skipped_in_epoch}
+            'num_skipped': self.num_skipped}
 
   def set_state(self, state: dict) -> None:
     self._epoch = int(state['epoch'])
     self._next_index = int(state['next_index'])
     self.num_skipped = int(state.get('num_skipped', 0))
-    self._skipped_in_epoch = int(state.get('skipped_in_epoch', 0))
     self._restart(self._epoch, self._next_index)
 
   def _restart(self, epoch: int, start: int) -> None:
@@ -1085,20 +1122,24 @@ class TrainIterator:
     skipped before each."""
     for epoch in np.unique(epochs):
       if epoch != self._epoch:
-        self._count_skipped(self._epoch_size - self._next_index)
+        self._count_skipped(np.arange(self._next_index, self._epoch_size))
         self._epoch, self._next_index = int(epoch), 0
-        self._skipped_in_epoch = 0
       rows = indices[epochs == epoch]
-      self._count_skipped(int(rows[-1]) + 1 - self._next_index - len(rows))
+      if rows[-1] + 1 - self._next_index > len(rows):
+        self._count_skipped(np.setdiff1d(
+            np.arange(self._next_index, rows[-1] + 1), rows))
       self._next_index = int(rows[-1]) + 1
     if self._next_index == self._epoch_size:
       self._epoch, self._next_index = self._epoch + 1, 0
-      self._skipped_in_epoch = 0
 
-  def _count_skipped(self, count: int) -> None:
-    self._skipped_in_epoch += count
-    if self._skipped_in_epoch > self.num_skipped:
-      self.num_skipped = self._skipped_in_epoch
+  def _count_skipped(self, positions: np.ndarray) -> None:
+    """Counts the files skipped at `positions` of the current epoch."""
+    if not len(positions):
+      return
+    new = self._source.first_skips(self._config.seed, self._epoch, positions,
+                                   self._process_index, self._process_count)
+    if new:
+      self.num_skipped += new
       logging.warning('Skipped undecodable training files: %d distinct so '
                       'far.', self.num_skipped)
 

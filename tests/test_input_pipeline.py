@@ -467,7 +467,7 @@ def test_train_shards_are_disjoint_and_cover_the_epoch(clean_folder):
                                         process_count=2)
     batches = [next(iterator) for _ in range(5)]  # 10 files / 2 processes.
     assert iterator.get_state() == {'epoch': 1, 'next_index': 0,
-                                    'num_skipped': 0, 'skipped_in_epoch': 0}
+                                    'num_skipped': 0}
     shards += batches
   batch = next(ip.create_train_iterator(
       _no_augmentation(_config(clean_folder, batch_size=10))))
