@@ -149,6 +149,7 @@ class _FolderSource:
 
   def epoch_order(self, seed: int, epoch) -> tf.Tensor:
     """Epoch `epoch`'s order of all files, the same for every process."""
+    epoch = tf.cast(epoch, tf.int64)  # As in the pipeline: keys hash dtypes.
     return _block_permutation(_order_key(seed, 0, epoch),
                               tf.constant(0, tf.int64), self.num_train)
 
