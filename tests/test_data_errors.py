@@ -92,22 +92,22 @@ def test_skipped_files_are_counted_once_over_epochs(tmp_path, process_count,
                                                     extra, seed):
   dataset = _folder_with_bad_files(tmp_path, extra)
   config = _config(dataset, batch_size=2 * process_count, seed=seed)
-  iterators = [ip.create_train_iterator(config, process_index=p,
-                                        process_count=process_count)
+  readers = [ip.create_train_iterator(config, process_index=p,
+                                      process_count=process_count)
                for p in range(process_count)]
-  for iterator in iterators:
+  for iterator in readers:
     for _ in range(20 // process_count):  # 4 epochs or more.
       next(iterator)
     assert iterator.get_state()['epoch'] >= 3
   # The same 3 files fail in every epoch: 3, not 3 per epoch.
-  assert sum(it.num_skipped for it in iterators) == 3
+  assert sum(it.num_skipped for it in readers) == 3
 
   resumed = ip.create_train_iterator(config, process_index=0,
                                      process_count=process_count)
-  resumed.set_state(iterators[0].get_state())
+  resumed.set_state(readers[0].get_state())
   for _ in range(4):
     next(resumed)
-  assert resumed.num_skipped == iterators[0].num_skipped
+  assert resumed.num_skipped == readers[0].num_skipped
 
 
 def test_unreadable_file_stops_with_a_clear_error_not_a_skip(
