@@ -972,9 +972,9 @@ def base_images(config, *, max_images: Optional[int] = None
   if max_images is not None:
     ds = ds.take(max_images)
   ds = _decodable_only(ds)
+  resize, antialias = config.input.resize_size, config.input.antialias
   ds = map_dropping_undecodable(
-      ds, lambda r: decode_resized(r['encoded'], config.input.resize_size,
-                                   config.input.antialias))
+      ds, lambda r: decode_resized(r['encoded'], resize, antialias))
   return ds.with_options(_options())
 
 

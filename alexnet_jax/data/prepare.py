@@ -97,7 +97,8 @@ def _list_source(config) -> _Listing:
   if ip.is_tfds(config):
     ip.prepare_tfds(config)
     builder = ip.tfds_builder(config)
-    splits = {'train': 'train', 'val': ip._TfdsSource(builder, 0)._eval_split}  # pylint: disable=protected-access
+    splits = {'train': 'train', 'val': 'validation' if 'validation' in
+              builder.info.splits else 'test'}
     labels, names = {}, {}
     for split, tfds_split in splits.items():
       count = builder.info.splits[tfds_split].num_examples
@@ -108,7 +109,7 @@ def _list_source(config) -> _Listing:
                                  splits))
   if config.dataset.startswith('prepared:'):
     raise ValueError('--config.dataset is already prepared')
-  source = ip._source(config)  # pylint: disable=protected-access
+  source = ip._source(config)
   root = os.path.commonpath(list(source.train_paths[:1]) +
                             list(source.eval_paths[:1]))
   paths = {'train': tuple(source.train_paths), 'val': tuple(source.eval_paths)}
@@ -187,7 +188,7 @@ def stored_images(records, resize_size: int, antialias: bool, quality: int):
     return {'jpeg': jpeg, 'label': record['label'], 'key': record['key'],
             'sse': tf.reduce_sum(tf.square(back - base))}
 
-  return ip.map_dropping_undecodable(ip._decodable_only(records), store)  # pylint: disable=protected-access
+  return ip.map_dropping_undecodable(ip._decodable_only(records), store)
 
 
 def psnr(sse: np.ndarray, pixels: int) -> np.ndarray:
