@@ -286,7 +286,8 @@ def _steps(workdir):
 def _params(config, workdir):
   """The latest checkpoint's step and parameters, on one device."""
   import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   params_like = jax.tree.map(
