@@ -35,7 +35,10 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import augment
+from alexnet_jax.data import decode
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=False)
@@ -103,7 +106,7 @@ def time_train_iterator(config, batches: int, warmup: int
                         ) -> dict[str, float]:
   """Images per second (wall clock) and per CPU-second of the training
   iterator, and its median and slowest batch times."""
-  iterator = input_pipeline.create_train_iterator(config)
+  iterator = iterators.create_train_iterator(config)
   for _ in range(warmup):
     next(iterator)
   times = []
@@ -123,12 +126,12 @@ def time_resume(config) -> tuple[float, float]:
   position: just before the end of the epoch's last block."""
   def first_batch(state):
     start = time.perf_counter()
-    iterator = input_pipeline.create_train_iterator(config)
+    iterator = iterators.create_train_iterator(config)
     iterator.set_state(state)
     next(iterator)
     return time.perf_counter() - start
 
-  size = input_pipeline.num_train_examples(config)
+  size = sources.num_train_examples(config)
   worst = max(0, size - config.batch_size - 1)
   first_batch({'epoch': 0, 'next_index': 0})  # Warm TF's caches.
   return (first_batch({'epoch': 0, 'next_index': 0}),
@@ -142,7 +145,7 @@ def _touch(image: tf.Tensor) -> tf.Tensor:
 
 def _stage_rate(config, transform, count: int) -> float:
   """Images per second of `transform` on the raw records, in parallel."""
-  records = input_pipeline.train_records(config).take(count)
+  records = iterators.train_records(config).take(count)
   ds = records.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(32).prefetch(2)
   start = time.perf_counter()
@@ -154,15 +157,15 @@ def _stage_rate(config, transform, count: int) -> float:
 def stage_rates(config, count: int) -> dict[str, float]:
   """Throughput of each cumulative stage of the training transform."""
   size = config.input.resize_size
-  full = input_pipeline.make_train_preprocess(config, seed=0, process_index=0,
+  full = augment.make_train_preprocess(config, seed=0, process_index=0,
                                               epoch=0)
   stages = {
       'read': lambda r: tf.strings.length(r['encoded']),
       'read + validity check': lambda r: tf.cast(
-          input_pipeline.is_decodable(r['encoded']), tf.float32),
-      'decode': lambda r: _touch(input_pipeline.decode_rgb(r['encoded'])),
+          decode.is_decodable(r['encoded']), tf.float32),
+      'decode': lambda r: _touch(decode.decode_rgb(r['encoded'])),
       'base image (uint8)': lambda r: _touch(
-          input_pipeline.base_image(r['encoded'], size,
+          decode.base_image(r['encoded'], size,
                                     config.input.antialias)),
       'full training transform': lambda r: _touch(full(r)['image']),
   }
@@ -172,7 +175,7 @@ def stage_rates(config, count: int) -> dict[str, float]:
 def _report(config) -> float:
   if _STAGES.value:
     count = min(_BATCHES.value * config.batch_size,
-                input_pipeline.num_train_examples(config))
+                sources.num_train_examples(config))
     for name, rate in stage_rates(config, count).items():
       print(f'  stage {name:26s} {rate:8.1f} images/s')
   if _RESUME.value:
@@ -183,7 +186,7 @@ def _report(config) -> float:
   rate = timing['rate']
   print(f'{config.dataset}: {rate:.1f} images/s, {rate / _cores():.1f} per '
         f'core ({_cores()} cores, batch {config.batch_size}, '
-        f'{input_pipeline.model_input_size(config)} px); batch time median '
+        f'{augment.model_input_size(config)} px); batch time median '
         f'{timing["median"] * 1e3:.0f} ms, slowest '
         f'{timing["slowest"] * 1e3:.0f} ms; load average {_load()}')
   print(f'images per CPU-second of this process: '

@@ -54,8 +54,8 @@ def main(argv) -> None:
               f'{row["kb"]:.1f}')
       return
     if _TFDS_ONLY.value:
-      from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-      input_pipeline.prepare_tfds(config)
+      from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+      sources.prepare_tfds(config)
       print(f'{config.dataset} is prepared')
       return
     if not _OUT.value:

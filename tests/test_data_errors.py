@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from alexnet_jax import input_pipeline as ip
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 from configs import default
 
 RESIZE, CROP = 40, 32
@@ -51,7 +52,7 @@ def test_flat_val_folder_is_a_one_line_error(tmp_path):
     _write(os.path.join(tmp_path, 'val', f'ILSVRC2012_val_{i:08d}.JPEG'),
            _jpeg(rng))
   with pytest.raises(ValueError) as error:
-    ip.num_classes(_config(f'folder:{tmp_path}'))
+    sources.num_classes(_config(f'folder:{tmp_path}'))
   message = str(error.value)
   assert "split 'val'" in message and '<class>' in message
   assert '3 images directly in it but no class folders' in message
@@ -62,7 +63,7 @@ def test_val_folder_without_images_is_an_error(tmp_path):
   _train_folder(tmp_path, np.random.default_rng(0))
   os.makedirs(os.path.join(tmp_path, 'val', 'cat'))
   with pytest.raises(ValueError, match="split 'val'.*no images"):
-    ip.create_eval_iterator(_config(f'folder:{tmp_path}'))
+    iterators.create_eval_iterator(_config(f'folder:{tmp_path}'))
 
 
 def _folder_with_bad_files(tmp_path, extra=True):
@@ -92,7 +93,7 @@ def test_skipped_files_are_counted_once_over_epochs(tmp_path, process_count,
                                                     extra, seed):
   dataset = _folder_with_bad_files(tmp_path, extra)
   config = _config(dataset, batch_size=2 * process_count, seed=seed)
-  readers = [ip.create_train_iterator(config, process_index=p,
+  readers = [iterators.create_train_iterator(config, process_index=p,
                                       process_count=process_count)
                for p in range(process_count)]
   for iterator in readers:
@@ -102,7 +103,7 @@ def test_skipped_files_are_counted_once_over_epochs(tmp_path, process_count,
   # The same 3 files fail in every epoch: 3, not 3 per epoch.
   assert sum(it.num_skipped for it in readers) == 3
 
-  resumed = ip.create_train_iterator(config, process_index=0,
+  resumed = iterators.create_train_iterator(config, process_index=0,
                                      process_count=process_count)
   resumed.set_state(readers[0].get_state())
   for _ in range(4):
@@ -113,11 +114,11 @@ def test_skipped_files_are_counted_once_over_epochs(tmp_path, process_count,
 def test_unreadable_file_stops_with_a_clear_error_not_a_skip(
     folder_with_bad_files):
   config = _config(folder_with_bad_files, batch_size=12)
-  iterator = ip.create_train_iterator(config)
+  iterator = iterators.create_train_iterator(config)
   iterator.retry_delay_s = 0.0
   root = folder_with_bad_files[len('folder:'):]
   os.remove(os.path.join(root, 'train', 'dog', '2.JPEG'))  # After listing.
-  with pytest.raises(ip.DataReadError) as error:
+  with pytest.raises(iterators.DataReadError) as error:
     next(iterator)
   assert 'failed 3 times' in str(error.value)
   assert '2.JPEG' in str(error.value)
@@ -128,15 +129,15 @@ def test_epoch_without_a_decodable_image_is_an_error(tmp_path):
   for name in ('cat', 'dog'):
     _write(os.path.join(tmp_path, 'train', name, 'x.JPEG'), b'nothing')
     _write(os.path.join(tmp_path, 'val', name, 'x.JPEG'), b'nothing')
-  iterator = ip.create_train_iterator(_config(f'folder:{tmp_path}'))
+  iterator = iterators.create_train_iterator(_config(f'folder:{tmp_path}'))
   with pytest.raises(ValueError, match='no decodable training image'):
     next(iterator)
 
 
 def test_multi_process_run_does_not_prepare_tfds(tmp_path, monkeypatch):
-  monkeypatch.setattr(ip.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(sources.jax, 'process_count', lambda: 2)
   with pytest.raises(FileNotFoundError) as error:
-    ip.num_classes(_config('mnist', data_dir=str(tmp_path)))
+    sources.num_classes(_config('mnist', data_dir=str(tmp_path)))
   assert 'is not prepared' in str(error.value)
   assert '--tfds_only' in str(error.value)
   assert not list(tmp_path.iterdir())  # Nothing was downloaded.
@@ -144,8 +145,8 @@ def test_multi_process_run_does_not_prepare_tfds(tmp_path, monkeypatch):
 
 def test_unreadable_eval_file_is_an_error_not_a_skip(folder_with_bad_files):
   config = _config(folder_with_bad_files)
-  evaluation = ip.create_eval_iterator(config)
+  evaluation = iterators.create_eval_iterator(config)
   root = folder_with_bad_files[len('folder:'):]
   os.remove(os.path.join(root, 'val', 'cat', '0.JPEG'))  # After listing.
-  with pytest.raises(ip.DataReadError, match='0.JPEG'):
+  with pytest.raises(iterators.DataReadError, match='0.JPEG'):
     list(evaluation)

@@ -13,7 +13,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import input_pipeline as ip
+from alexnet_jax.data import decode
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 from alexnet_jax.data import prepare
 from configs import default
 
@@ -94,13 +96,13 @@ def test_base_image_is_the_rounded_float_base_image():
            ((50, 70), (90, 41), (7, 10), (RESIZE, RESIZE), (300, 200))]
   files.append(_encode(_smooth_image(rng, 45, 60).convert('L'), 'PNG'))
   for data in files:
-    exact = ip.base_image(data, RESIZE).numpy()
+    exact = decode.base_image(data, RESIZE).numpy()
     assert exact.dtype == np.uint8 and exact.shape == (RESIZE, RESIZE, 3)
     np.testing.assert_array_equal(
-        exact, ip.to_uint8(ip.base_image_float(data, RESIZE)).numpy())
+        exact, decode.to_uint8(decode.base_image_float(data, RESIZE)).numpy())
   # A stored base image is only decoded, not resampled.
-  stored = tf.io.encode_jpeg(ip.base_image(files[0], RESIZE), quality=90)
-  np.testing.assert_array_equal(ip.base_image(stored, RESIZE),
+  stored = tf.io.encode_jpeg(decode.base_image(files[0], RESIZE), quality=90)
+  np.testing.assert_array_equal(decode.base_image(stored, RESIZE),
                                 tf.io.decode_jpeg(stored, channels=3))
 
 
@@ -147,8 +149,8 @@ def test_prepared_and_raw_paths_give_the_same_batches(smooth_folder, tmp_path):
   bound = 255 * 10**(-index['splits']['train']['psnr_min_db'] / 20)
   raw_config = _config(smooth_folder, batch_size=4)
   prepared_config = _config(f'prepared:{tmp_path / "p"}', batch_size=4)
-  raw = _take(ip.create_train_iterator(raw_config), 8)  # 3.2 epochs.
-  prepared = _take(ip.create_train_iterator(prepared_config), 8)
+  raw = _take(iterators.create_train_iterator(raw_config), 8)  # 3.2 epochs.
+  prepared = _take(iterators.create_train_iterator(prepared_config), 8)
   for a, b in zip(raw, prepared):
     np.testing.assert_array_equal(a['label'], b['label'])
     np.testing.assert_array_equal(a['crop'], b['crop'])
@@ -157,8 +159,8 @@ def test_prepared_and_raw_paths_give_the_same_batches(smooth_folder, tmp_path):
     assert _rms(a['image'], b['image']) <= 2 * bound
   assert _rms(raw[0]['image'], raw[1]['image']) > 10 * bound
 
-  raw_eval = list(ip.create_eval_iterator(raw_config))
-  prepared_eval = list(ip.create_eval_iterator(prepared_config))
+  raw_eval = list(iterators.create_eval_iterator(raw_config))
+  prepared_eval = list(iterators.create_eval_iterator(prepared_config))
   raw_labels = np.concatenate([b['label'][b['mask']] for b in raw_eval])
   prepared_labels = np.concatenate([b['label'][b['mask']]
                                     for b in prepared_eval])
@@ -182,10 +184,10 @@ def _keys(batches):
 
 def test_prepared_epochs_are_permutations_of_fixed_shares(three_shards):
   config = _no_augmentation(_config(three_shards, batch_size=2))
-  assert ip.num_train_examples(config) == 10
+  assert sources.num_train_examples(config) == 10
   shares = []
   for p in range(2):
-    iterator = ip.create_train_iterator(config, process_index=p,
+    iterator = iterators.create_train_iterator(config, process_index=p,
                                         process_count=2)
     epochs = [_keys(_take(iterator, 5)) for _ in range(3)]  # 5 per process.
     assert iterator.get_state()['epoch'] == 3
@@ -194,17 +196,17 @@ def test_prepared_epochs_are_permutations_of_fixed_shares(three_shards):
     shares.append(sorted(epochs[0]))
   everything = _no_augmentation(_config(three_shards, batch_size=10))
   assert sorted(shares[0] + shares[1]) == sorted(
-      _keys(_take(ip.create_train_iterator(everything), 1)))
+      _keys(_take(iterators.create_train_iterator(everything), 1)))
 
 
 @pytest.mark.parametrize('k', [1, 3, 6])
 def test_prepared_iterator_resumes_exactly(three_shards, k):
   config = _config(three_shards, batch_size=3)  # Batches span epochs.
-  uninterrupted = ip.create_train_iterator(config)
+  uninterrupted = iterators.create_train_iterator(config)
   _take(uninterrupted, k)
   state = uninterrupted.get_state()
   expected = _take(uninterrupted, 4)
-  resumed = ip.create_train_iterator(config)
+  resumed = iterators.create_train_iterator(config)
   resumed.set_state(dict(state))
   for a, b in zip(_take(resumed, 4), expected):
     np.testing.assert_array_equal(a['label'], b['label'])
@@ -216,7 +218,7 @@ def test_prepared_settings_must_match_the_config(three_shards):
   config = _config(three_shards)
   config.input.resize_size = RESIZE + 8
   with pytest.raises(ValueError, match='resize_size'):
-    ip.num_classes(config)
+    sources.num_classes(config)
 
 
 def test_prepare_refuses_other_settings_in_the_same_directory(smooth_folder,
@@ -344,9 +346,9 @@ def test_base_crop_is_the_crop_of_the_base_image(antialias):
   for height, width in shapes:
     pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     data = _encode(Image.fromarray(pixels), quality=95)
-    base = ip.base_image(data, RESIZE, antialias).numpy()
+    base = decode.base_image(data, RESIZE, antialias).numpy()
     for offset in ((0, 0), (3, 8), (RESIZE - CROP, RESIZE - CROP), (5, 0)):
-      window = ip.base_crop(data, RESIZE, tf.constant(offset), CROP,
+      window = decode.base_crop(data, RESIZE, tf.constant(offset), CROP,
                             antialias).numpy().astype(int)
       expected = base[offset[0]:offset[0] + CROP, offset[1]:offset[1] + CROP]
       # Rounding order in the vectorised resize: rare values one level off.

@@ -3,7 +3,7 @@
 The command line is `python -m alexnet_jax.prepare` (alexnet_jax/prepare.py).
 Reads the configured dataset (`imagenet2012` from TFDS, `folder:ROOT`,
 `synthetic`), makes every image's base image with the training pipeline's
-own function (`input_pipeline.base_image`: shorter side to resize_size,
+own function (`decode.base_image`: shorter side to resize_size,
 centre square) and writes it as a JPEG into TFRecord shards,
 `DIR/{train,val}-SSSSS-of-NNNNN.tfrecord`, about `examples_per_shard`
 images each. Records are tf.train.Examples with 'image' (JPEG bytes),
@@ -93,10 +93,10 @@ class _Listing:
 
 def _list_source(config) -> _Listing:
   """Every example of each split, in the source's own order."""
-  from alexnet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-  if ip.is_tfds(config):
-    ip.prepare_tfds(config)
-    builder = ip.tfds_builder(config)
+  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  if sources.is_tfds(config):
+    sources.prepare_tfds(config)
+    builder = sources.tfds_builder(config)
     splits = {'train': 'train', 'val': 'validation' if 'validation' in
               builder.info.splits else 'test'}
     labels, names = {}, {}
@@ -109,7 +109,7 @@ def _list_source(config) -> _Listing:
                                  splits))
   if config.dataset.startswith('prepared:'):
     raise ValueError('--config.dataset is already prepared')
-  source = ip._source(config)
+  source = sources.from_config(config)
   root = os.path.commonpath(list(source.train_paths[:1]) +
                             list(source.eval_paths[:1]))
   paths = {'train': tuple(source.train_paths), 'val': tuple(source.eval_paths)}
@@ -179,16 +179,18 @@ def stored_images(records, resize_size: int, antialias: bool, quality: int):
   and its squared error against the float base image; undecodable records
   are dropped."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import decode  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
 
   def store(record):
-    base = ip.base_image_float(record['encoded'], resize_size, antialias)
-    jpeg = tf.io.encode_jpeg(ip.to_uint8(base), quality=quality)
+    base = decode.base_image_float(record['encoded'], resize_size, antialias)
+    jpeg = tf.io.encode_jpeg(decode.to_uint8(base), quality=quality)
     back = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)
     return {'jpeg': jpeg, 'label': record['label'], 'key': record['key'],
             'sse': tf.reduce_sum(tf.square(back - base))}
 
-  return ip.map_dropping_undecodable(ip._decodable_only(records), store)
+  checked = iterators.decodable_only(records)
+  return iterators.map_dropping_undecodable(checked, store)
 
 
 def psnr(sse: np.ndarray, pixels: int) -> np.ndarray:
@@ -343,8 +345,8 @@ def _write_index(out: str, settings: Settings,
            'resize_size': settings.resize_size,
            'antialias': settings.antialias, 'quality': settings.quality,
            'class_names': list(listing.class_names), 'splits': splits}
-  from alexnet_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-  _write_json(os.path.join(out, ip.PREPARED_INDEX), index)
+  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  _write_json(os.path.join(out, sources.PREPARED_INDEX), index)
   return index
 
 
