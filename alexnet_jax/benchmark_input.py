@@ -1,17 +1,30 @@
 r"""Measures the training input pipeline's throughput on this machine.
 
   python -m alexnet_jax.benchmark_input --config=configs/default.py \
-      --config.dataset=synthetic [--batches=N] [--imagenet_like=N]
+      --config.dataset=SOURCE [--batches=N] [--stages]
+  python -m alexnet_jax.benchmark_input --config=configs/default.py \
+      --imagenet_like=2000 [--prepare] [--data_dir=DIR]
 
-`--imagenet_like=N` writes N ImageNet-sized JPEGs (500x375, ~110 KB) to a
-temporary folder, benchmarks on it with decode_and_crop False and True, and
-shows where the time goes: reading and checking the bytes, decoding, the
-base image (decode + resize), the whole training transform. The last line
-is `images_per_sec_per_core <number>` for the configured path.
+Times the training iterator: host batches ready for the device (uint8
+crops, lighting offsets, crop positions, labels), epoch boundaries included
+(the slowest batch is printed beside the median). The last line is
+`images_per_sec_per_core <number>`: wall-clock images/s over the cores this
+process may use; on a shared machine compare it with the load average
+printed, and with the images per CPU-second of this process.
+
+`--imagenet_like=N` writes N ImageNet-sized JPEGs (500x375, ~110 KB) in the
+folder layout (into --data_dir, reused if it already holds them, else a
+temporary folder) and reads them raw, or with `--prepare` from a prepared
+copy of them (`alexnet_jax.prepare`, written beside them). `--stages` shows
+where the time goes: reading (and checking) the bytes, decoding, the base
+image, the whole training transform. `--resume` times the first batch after
+restoring the worst position of an epoch against the first of a fresh start.
 """
 
 import io
 import os
+import resource
+import statistics
 import tempfile
 import time
 
@@ -23,14 +36,24 @@ from PIL import Image
 import tensorflow as tf
 
 from alexnet_jax import config_check
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import augment
+from alexnet_jax.data import decode
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=False)
-_BATCHES = flags.DEFINE_integer('batches', 20, 'Batches to time.')
-_WARMUP = flags.DEFINE_integer('warmup_batches', 3, 'Batches not timed.')
+_BATCHES = flags.DEFINE_integer('batches', 40, 'Batches to time.')
+_WARMUP = flags.DEFINE_integer('warmup_batches', 5, 'Batches not timed.')
 _IMAGENET_LIKE = flags.DEFINE_integer(
     'imagenet_like', 0, 'Benchmark on this many generated 500x375 JPEGs.')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'Where --imagenet_like writes (and reuses) its files.')
+_PREPARE = flags.DEFINE_bool(
+    'prepare', False, 'With --imagenet_like: read a prepared copy.')
+_STAGES = flags.DEFINE_bool('stages', False, 'Time each stage too.')
+_RESUME = flags.DEFINE_bool('resume', False,
+                            'Time resuming at the worst position.')
 
 
 def _imagenet_like_jpeg(rng: np.random.Generator) -> bytes:
@@ -47,17 +70,21 @@ def _imagenet_like_jpeg(rng: np.random.Generator) -> bytes:
 
 
 def write_imagenet_like(root: str, count: int, num_classes: int = 10) -> float:
-  """Writes `count` JPEGs in the folder layout; returns their mean size."""
-  rng = np.random.default_rng(0)
+  """Writes `count` JPEGs in the folder layout; returns their mean size.
+
+  Files already there (from an earlier run) are kept.
+  """
   sizes = []
-  for split, n in (('train', count), ('val', num_classes)):
+  for split_id, (split, n) in enumerate((('train', count),
+                                         ('val', num_classes))):
     for i in range(n):
       directory = os.path.join(root, split, f'class_{i % num_classes:03d}')
-      os.makedirs(directory, exist_ok=True)
-      data = _imagenet_like_jpeg(rng)
-      sizes.append(len(data))
-      with open(os.path.join(directory, f'{i:06d}.JPEG'), 'wb') as f:
-        f.write(data)
+      path = os.path.join(directory, f'{i:06d}.JPEG')
+      if not os.path.exists(path):
+        os.makedirs(directory, exist_ok=True)
+        with open(path, 'wb') as f:
+          f.write(_imagenet_like_jpeg(np.random.default_rng([split_id, i])))
+      sizes.append(os.path.getsize(path))
   return float(np.mean(sizes))
 
 
@@ -65,15 +92,51 @@ def _cores() -> int:
   return len(os.sched_getaffinity(0))
 
 
-def time_train_iterator(config, batches: int, warmup: int) -> float:
-  """Images per second of the full training iterator (host batches)."""
-  iterator = input_pipeline.create_train_iterator(config)
+def _load() -> str:
+  with open('/proc/loadavg') as f:
+    return ' '.join(f.read().split()[:3])
+
+
+def _cpu_seconds() -> float:
+  """CPU time of this process, all threads (not of other jobs)."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def time_train_iterator(config, batches: int, warmup: int
+                        ) -> dict[str, float]:
+  """Images per second (wall clock) and per CPU-second of the training
+  iterator, and its median and slowest batch times."""
+  iterator = iterators.create_train_iterator(config)
   for _ in range(warmup):
     next(iterator)
-  start = time.perf_counter()
+  times = []
+  start, cpu_start = time.perf_counter(), _cpu_seconds()
   for _ in range(batches):
+    before = time.perf_counter()
     next(iterator)
-  return batches * config.batch_size / (time.perf_counter() - start)
+    times.append(time.perf_counter() - before)
+  images = batches * config.batch_size
+  return {'rate': images / (time.perf_counter() - start),
+          'per_cpu_second': images / (_cpu_seconds() - cpu_start),
+          'median': statistics.median(times), 'slowest': max(times)}
+
+
+def time_resume(config) -> tuple[float, float]:
+  """Seconds to the first batch from a fresh start and from the worst
+  position: just before the end of the epoch's last block."""
+  def first_batch(state):
+    start = time.perf_counter()
+    iterator = iterators.create_train_iterator(config)
+    iterator.set_state(state)
+    next(iterator)
+    return time.perf_counter() - start
+
+  size = sources.num_train_examples(config)
+  worst = max(0, size - config.batch_size - 1)
+  first_batch({'epoch': 0, 'next_index': 0})  # Warm TF's caches.
+  return (first_batch({'epoch': 0, 'next_index': 0}),
+          first_batch({'epoch': 0, 'next_index': worst}))
 
 
 def _touch(image: tf.Tensor) -> tf.Tensor:
@@ -83,7 +146,7 @@ def _touch(image: tf.Tensor) -> tf.Tensor:
 
 def _stage_rate(config, transform, count: int) -> float:
   """Images per second of `transform` on the raw records, in parallel."""
-  records = input_pipeline.train_records(config).take(count)
+  records = iterators.train_records(config).take(count)
   ds = records.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(32).prefetch(2)
   start = time.perf_counter()
@@ -95,28 +158,56 @@ def _stage_rate(config, transform, count: int) -> float:
 def stage_rates(config, count: int) -> dict[str, float]:
   """Throughput of each cumulative stage of the training transform."""
   size = config.input.resize_size
-  full = input_pipeline.make_train_preprocess(config, seed=0, process_index=0,
+  full = augment.make_train_preprocess(config, seed=0, process_index=0,
                                               epoch=0)
   stages = {
+      'read': lambda r: tf.strings.length(r['encoded']),
       'read + validity check': lambda r: tf.cast(
-          input_pipeline.is_decodable(r['encoded']), tf.float32),
-      'decode': lambda r: _touch(input_pipeline.decode_rgb(r['encoded'])),
-      'decode + resize (base image)': lambda r: _touch(
-          input_pipeline.decode_resized(r['encoded'], size)),
+          decode.is_decodable(r['encoded']), tf.float32),
+      'decode': lambda r: _touch(decode.decode_rgb(r['encoded'])),
+      'base image (uint8)': lambda r: _touch(
+          decode.base_image(r['encoded'], size,
+                                    config.input.antialias)),
       'full training transform': lambda r: _touch(full(r)['image']),
   }
   return {name: _stage_rate(config, fn, count) for name, fn in stages.items()}
 
 
-def _report(config, label: str) -> float:
-  count = _BATCHES.value * config.batch_size
-  for name, rate in stage_rates(config, count).items():
-    print(f'  {label} stage {name:30s} {rate:8.1f} images/s')
-  rate = time_train_iterator(config, _BATCHES.value, _WARMUP.value)
-  print(f'{label}: {rate:.1f} images/s, {rate / _cores():.1f} images/s/core '
-        f'({_cores()} cores, batch {config.batch_size}, '
-        f'{input_pipeline.model_input_size(config)} px)')
+def _report(config) -> float:
+  if _STAGES.value:
+    count = min(_BATCHES.value * config.batch_size,
+                sources.num_train_examples(config))
+    for name, rate in stage_rates(config, count).items():
+      print(f'  stage {name:26s} {rate:8.1f} images/s')
+  if _RESUME.value:
+    fresh, worst = time_resume(config)
+    print(f'first batch: {fresh:.2f} s from the start, {worst:.2f} s from the '
+          'worst resume position')
+  timing = time_train_iterator(config, _BATCHES.value, _WARMUP.value)
+  rate = timing['rate']
+  print(f'{config.dataset}: {rate:.1f} images/s, {rate / _cores():.1f} per '
+        f'core ({_cores()} cores, batch {config.batch_size}, '
+        f'{augment.model_input_size(config)} px); batch time median '
+        f'{timing["median"] * 1e3:.0f} ms, slowest '
+        f'{timing["slowest"] * 1e3:.0f} ms; load average {_load()}')
+  print(f'images per CPU-second of this process: '
+        f'{timing["per_cpu_second"]:.1f} (other jobs lower it less)')
   return rate
+
+
+def _imagenet_like_dataset(config, root: str) -> str:
+  size = write_imagenet_like(os.path.join(root, 'raw'), _IMAGENET_LIKE.value)
+  print(f'{_IMAGENET_LIKE.value} ImageNet-like JPEGs, 500x375, mean '
+        f'{size / 1e3:.0f} KB, in {root}/raw')
+  raw = f'folder:{os.path.join(root, "raw")}'
+  if not _PREPARE.value:
+    return raw
+  from alexnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  prepared = os.path.join(root, 'prepared')
+  prepare_config = config.copy_and_resolve_references()
+  prepare_config.dataset = raw
+  prepare.prepare(prepare_config, prepared)
+  return f'prepared:{prepared}'
 
 
 def main(argv) -> None:
@@ -124,21 +215,14 @@ def main(argv) -> None:
     raise app.UsageError('Too many command-line arguments.')
   config = _CONFIG.value
   if not _IMAGENET_LIKE.value:
-    rate = _report(config, f'{config.dataset}, decode_and_crop='
-                   f'{config.input.decode_and_crop}')
+    rate = _report(config)
+  elif _DATA_DIR.value:
+    config.dataset = _imagenet_like_dataset(config, _DATA_DIR.value)
+    rate = _report(config)
   else:
     with tempfile.TemporaryDirectory() as root:
-      size = write_imagenet_like(root, _IMAGENET_LIKE.value)
-      print(f'{_IMAGENET_LIKE.value} ImageNet-like JPEGs, 500x375, mean '
-            f'{size / 1e3:.0f} KB')
-      config.dataset = f'folder:{root}'
-      rates = {}
-      for decode_and_crop in (False, True):
-        path_config = config.copy_and_resolve_references()
-        path_config.input.decode_and_crop = decode_and_crop
-        rates[decode_and_crop] = _report(
-            path_config, f'imagenet_like, decode_and_crop={decode_and_crop}')
-      rate = rates[config.input.decode_and_crop]
+      config.dataset = _imagenet_like_dataset(config, root)
+      rate = _report(config)
   print(f'images_per_sec_per_core {rate / _cores():.1f}')
 
 

@@ -21,7 +21,8 @@ from ml_collections import config_flags
 import tqdm
 
 from alexnet_jax import config_check
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
                                           lock_config=True)
@@ -34,14 +35,14 @@ _BATCH = 64
 def compute_stats(config, max_images: Optional[int] = None
                   ) -> dict[str, np.ndarray]:
   """Mean image, mean RGB and RGB covariance eigen-decomposition."""
-  total = input_pipeline.num_train_examples(config)
+  total = sources.num_train_examples(config)
   if max_images is not None:
     total = min(total, max_images)
   size = config.input.resize_size
   image_sum = np.zeros((size, size, 3), np.float64)
   outer_sum = np.zeros((3, 3), np.float64)
   num_images = 0
-  batches = input_pipeline.base_images(config, max_images=max_images).batch(
+  batches = iterators.base_images(config, max_images=max_images).batch(
       _BATCH).prefetch(2).as_numpy_iterator()
   with tqdm.tqdm(total=total, unit='img') as progress:
     for batch in batches:

@@ -157,7 +157,7 @@ def main(argv):
       if jax.process_index() == 0 and _WORKDIR.value:
         _write_config(config, _WORKDIR.value)
       train.train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as error:
+  except (ValueError, OSError, FloatingPointError) as error:
     logging.debug('full traceback', exc_info=True)  # Shown with -v=1.
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)

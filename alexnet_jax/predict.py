@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import convert
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import augment
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import device
@@ -73,7 +73,7 @@ def _load_image(path: str, preprocess, norm: device.Normalization,
 def load_images(paths: Sequence[str], config: Any) -> tuple[np.ndarray,
                                                            list[str]]:
   """Preprocessed images [N, S, S, 3] and a name for each, in input order."""
-  preprocess = input_pipeline.make_eval_preprocess(config)
+  preprocess = augment.make_eval_preprocess(config)
   norm = device.Normalization.from_config(config)
   images, names = [], []
   for path in paths:

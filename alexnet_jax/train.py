@@ -158,14 +158,14 @@ def evaluate(config: Any, strategy: parallel.Strategy, eval_step: Callable,
   One pass over the validation set: each batch of base images gives the
   centre-crop and (if the step computes it) the 10-crop results.
   """
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
   shard, shards = strategy.process_batch_shard()
-  iterator = input_pipeline.create_eval_iterator(
+  iterator = iterators.create_eval_iterator(
       config, process_index=shard, process_count=shards)
   shardings = batch_shardings(strategy, device.EVAL_KEYS)
   sums = {}
   for batch in iterator:
-    out = eval_step(params, input_pipeline.to_global(batch, shardings))
+    out = eval_step(params, iterators.to_global(batch, shardings))
     sums = {k: sums.get(k, 0.0) + v for k, v in out.items()}
   count = float(sums.get('count', 0))
   if not count:
@@ -198,9 +198,9 @@ def check_config(config: Any, strategy: parallel.Strategy,
           f'config.{key}: {size} does not split over the '
           f'{strategy.data_shards}-way data axis and '
           f'{jax.process_count()} processes')
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   device.Normalization.from_config(config)  # One-line errors, before data.
-  classes = input_pipeline.num_classes(config)
+  classes = sources.num_classes(config)
   if classes != spec.num_classes:
     raise ValueError(f'config.model.num_classes: the model has '
                      f'{spec.num_classes} classes but {config.dataset} has '
@@ -224,8 +224,8 @@ def _prepare_workdir(workdir: str) -> None:
 
 def total_steps(config: Any) -> tuple[int, float]:
   """(number of train steps, steps per epoch)."""
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  steps_per_epoch = input_pipeline.num_train_examples(config) / (
+  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
+  steps_per_epoch = sources.num_train_examples(config) / (
       config.batch_size)
   if config.num_train_steps > 0:
     return config.num_train_steps, steps_per_epoch
@@ -299,7 +299,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
 
 def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
   check_config(config, strategy, spec)
   _prepare_workdir(workdir)
   num_steps, steps_per_epoch = total_steps(config)
@@ -312,7 +312,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   policy = optim.LearningRatePolicy.from_config(config.optimizer,
                                                 steps_per_epoch)
   shard, shards = strategy.process_batch_shard()
-  train_iter = input_pipeline.create_train_iterator(
+  train_iter = iterators.create_train_iterator(
       config, process_index=shard, process_count=shards)
   meta = checkpoint.spec_meta(spec, input=config.input.to_dict(),
                               dataset=config.dataset)
@@ -338,7 +338,7 @@ def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   train_step = make_train_step(spec, strategy, tx, state,
                                device.Normalization.from_config(config))
   eval_step = _eval_step(config, spec, strategy, state.params)
-  batches = input_pipeline.prefetch_to_device(
+  batches = iterators.prefetch_to_device(
       train_iter, config.input.prefetch_batches,
       batch_shardings(strategy, device.TRAIN_KEYS))
 

@@ -38,12 +38,15 @@ import tensorflow as tf
 from alexnet_jax import checkpoint
 from alexnet_jax import config_check
 from alexnet_jax import convert
-from alexnet_jax import input_pipeline
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import predict
 from alexnet_jax import towers
+from alexnet_jax.data import augment
+from alexnet_jax.data import decode
 from alexnet_jax.data import device
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 
 DISTANCES = ('l2', 'cosine')
 _BATCH = 32  # Images per forward pass; the last batch is padded.
@@ -84,12 +87,11 @@ def make_forward(spec: models.AlexNetSpec, norm: device.Normalization):
 
 def display_crop(encoded: tf.Tensor, config: Any, side: int) -> tf.Tensor:
   """The centre crop evaluation feeds the model, as uint8 [side, side, 3]."""
-  size, resize = input_pipeline.model_input_size(config), (
+  size, resize = augment.model_input_size(config), (
       config.input.resize_size)
-  image = tf.image.convert_image_dtype(input_pipeline.decode_resized(
+  image = tf.image.convert_image_dtype(decode.decode_resized(
       encoded, resize, config.input.antialias), tf.float32)  # [0, 1].
-  image = input_pipeline.crop(image, tf.fill([2], (resize - size) // 2),
-                              size)
+  image = decode.crop(image, tf.fill([2], (resize - size) // 2), size)
   if side != size:
     image = tf.image.resize(image, [side, side], antialias=True)
   return tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
@@ -102,14 +104,14 @@ def _examples(records: tf.data.Dataset, config: Any, side: int
   'input' is exactly what evaluation sends to the device: the uint8 base
   image.
   """
-  preprocess = input_pipeline.make_eval_preprocess(config)
+  preprocess = augment.make_eval_preprocess(config)
 
   def example(record):
     return {'image': display_crop(record['encoded'], config, side),
             'input': preprocess(record)['image'], 'label': record['label']}
 
   records = records.filter(
-      lambda r: input_pipeline.is_decodable(r['encoded']))
+      lambda r: decode.is_decodable(r['encoded']))
   return records.map(example).ignore_errors()
 
 
@@ -276,20 +278,20 @@ def visualize(checkpoint_path: str, out_dir: str, config: Any = None, *,
     return result
 
   config = dataset_config(config, meta)
-  names = input_pipeline.class_names(config)
+  names = sources.class_names(config)
   if len(names) != spec.num_classes:
     raise ValueError(f'the checkpoint has {spec.num_classes} classes but '
                      f'{config.dataset} has {len(names)}')
   forward = make_forward(spec, device.Normalization.from_config(config))
-  size = input_pipeline.model_input_size(config)
-  val = embed(input_pipeline.eval_records(config), config, params, forward,
+  size = augment.model_input_size(config)
+  val = embed(iterators.eval_records(config), config, params, forward,
               limit=max_val_images, side=size)
   shown = spread(num_top5, len(val.labels))
   written.append(os.path.join(out_dir, 'top5.png'))
   plot_top5(val.images[shown], val.probs[shown], written[-1], names=names,
             true_labels=val.labels[shown])
 
-  train = embed(input_pipeline.train_records(config), config, params,
+  train = embed(iterators.train_records(config), config, params,
                 forward, limit=max_train_images, side=min(size, _THUMB))
   picked = spread(num_queries, len(val.labels))
   neighbors, distances = nearest_neighbors(
@@ -317,7 +319,7 @@ def display_images(paths: Sequence[str], config: Any) -> np.ndarray:
   Image files are shown as the centre crop the model saw; images of a
   `.npy` file (already normalised) are each stretched to 0..255.
   """
-  size = input_pipeline.model_input_size(config)
+  size = augment.model_input_size(config)
   shown = []
   for path in paths:
     if path.endswith('.npy'):

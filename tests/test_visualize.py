@@ -12,13 +12,13 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax import convert
-from alexnet_jax import input_pipeline
 from alexnet_jax import predict
 from alexnet_jax import synthetic
 from alexnet_jax import towers
 from alexnet_jax import train
 from alexnet_jax import visualize
 from alexnet_jax.data import device
+from alexnet_jax.data import iterators
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RGB = {'channel_order': 'RGB', 'std_rgb': None}
@@ -193,7 +193,7 @@ def test_figures_see_what_predict_sees(tiny_run, tmp_path):
   files = _val_files(config)[:3]  # The validation set's first records.
   eval_config = visualize.dataset_config(config, meta)
   embedded = visualize.embed(
-      input_pipeline.eval_records(config), eval_config, params,
+      iterators.eval_records(config), eval_config, params,
       visualize.make_forward(spec, device.Normalization.from_config(
           eval_config)), limit=3, side=16)
   logits, names, labels = predict.predict(workdir, files)

@@ -1,1 +1,2 @@
-"""The input pipeline: sources, decoding, host and device augmentation."""
+"""The input pipeline: sources, decode, augment (host), device, iterators,
+prepare; `device` never imports TensorFlow."""
