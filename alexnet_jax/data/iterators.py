@@ -31,7 +31,7 @@ _AUTOTUNE = tf.data.AUTOTUNE
 
 
 def decodable_only(ds: tf.data.Dataset,
-                    give_up_after: Optional[int] = None) -> tf.data.Dataset:
+                   give_up_after: Optional[int] = None) -> tf.data.Dataset:
   """Drops records whose bytes fail `is_decodable` (checked in parallel).
 
   With `give_up_after`, stops with an error after that many undecodable

@@ -520,6 +520,7 @@ def is_tfds(config) -> bool:
 
 
 def from_config(config):
+  """The source that config.dataset names (listed or opened once)."""
   dataset = config.dataset
   if dataset == 'synthetic':
     return _folder_source(synthetic.generate_from_config(config))
