@@ -1,5 +1,6 @@
 """What a real ImageNet run hits: layouts, bad files, unreadable files."""
 
+import functools
 import io
 import os
 
@@ -9,21 +10,9 @@ import pytest
 
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
-from configs import default
+from data_config import small_data_config
 
-RESIZE, CROP = 40, 32
-
-
-def _config(dataset: str, **overrides):
-  config = default.get_config()
-  config.dataset = dataset
-  config.model.input_size = CROP
-  config.input.resize_size = RESIZE
-  config.input.prefetch_batches = 1
-  config.batch_size = 2
-  config.eval_batch_size = 4
-  config.update_from_flattened_dict(overrides)
-  return config
+_config = functools.partial(small_data_config, batch_size=2)
 
 
 def _jpeg(rng, height=50, width=60) -> bytes:

@@ -15,20 +15,9 @@ from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
 from alexnet_jax.data import device
 from configs import default
+from data_config import CROP, RESIZE, small_data_config
 
-RESIZE, CROP = 40, 32
-
-
-def _config(dataset: str, **overrides):
-  config = default.get_config()
-  config.dataset = dataset
-  config.model.input_size = CROP
-  config.input.resize_size = RESIZE
-  config.input.prefetch_batches = 1
-  config.batch_size = 4
-  config.eval_batch_size = 4
-  config.update_from_flattened_dict(overrides)
-  return config
+_config = small_data_config
 
 
 def _no_augmentation(config):

@@ -18,21 +18,10 @@ from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
 from alexnet_jax.data import prepare
 from configs import default
+from data_config import CROP, RESIZE, small_data_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESIZE, CROP = 40, 32
-
-
-def _config(dataset: str, **overrides):
-  config = default.get_config()
-  config.dataset = dataset
-  config.model.input_size = CROP
-  config.input.resize_size = RESIZE
-  config.input.prefetch_batches = 1
-  config.batch_size = 4
-  config.eval_batch_size = 4
-  config.update_from_flattened_dict(overrides)
-  return config
+_config = small_data_config
 
 
 def _smooth_image(rng, height, width) -> Image.Image:
