@@ -124,6 +124,13 @@ def _dry_run(config) -> None:
     sys.exit(1)
 
 
+def _quiet_library_logs() -> None:
+  """Warnings and errors only, unless -v is given: orbax alone logs some
+  twenty INFO lines per checkpoint, which would bury the progress lines."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -147,6 +154,7 @@ def main(argv):
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
+  _quiet_library_logs()
   try:
     if jax.process_count() > 1 and _WORKDIR.value:
       check_shared_workdir(_WORKDIR.value)
