@@ -115,6 +115,26 @@ HARDWARE = {
         'per GPU across nodes; one-GPU step: ASSUMED 30% of TF32 peak, no '
         'measurement exists (pass --step_seconds with a measured one); '
         'latency 5 us NVLink, 10 us network per ring step (typical NCCL).'),
+    # A slice is one ICI domain (a 2-D torus up to 16x16): hosts are joined
+    # by the same links as the chips of one host, so the two classes here
+    # are a ring along one torus dimension (the inner mesh axis, within a
+    # host) and a collective over both dimensions (every wider group).
+    'tpu_v5e': Hardware(
+        'tpu_v5e', devices_per_node=4,
+        intra=Link(100.0, 1e-6), inter=Link(200.0, 1e-6),
+        hbm_gbytes_per_s=819.0,
+        # Not measured: an assumed 30% of the bf16 peak (TPUs run float32
+        # matmuls and convolutions as bf16 passes at default precision).
+        step_seconds=6 * 724_406_816 * 128 * 0.75 / (0.30 * 197e12),
+        step_batch=128, step_variant='paper',
+        sources='Cloud TPU v5e system architecture page: 197 TFLOP/s bf16, '
+        '819 GB/s HBM2, 400 GB/s bidirectional ICI per chip over 4 ports '
+        '(50 GB/s each way per port), 2-D torus up to 256 chips, 4 chips '
+        'per host in the slices `jax.experimental.topologies` describes; a '
+        'ring along one dimension uses 2 ports (100 GB/s received), a '
+        'collective over both dimensions all 4 (200 GB/s); one-chip step: '
+        'ASSUMED 30% of the bf16 peak, no measurement exists; latency 1 us '
+        'per ring step (assumed; not on the datasheet).'),
 }
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 from typing import Any
 
 from absl import app
@@ -160,9 +161,9 @@ def _define_flags() -> dict[str, Any]:
   return {'out': flags.DEFINE_string('out', None, 'Report directory.'),
           'intro': flags.DEFINE_string(
               'intro', '', 'A paragraph to put above the table.'),
-          'scaling': flags.DEFINE_string(
-              'scaling', None, 'Write the scaling study for this hardware '
-              'preset of alexnet_jax.plan instead (no workdirs).'),
+          'scaling': flags.DEFINE_list(
+              'scaling', [], 'Write the scaling study for these hardware '
+              'presets of alexnet_jax.plan instead (no workdirs).'),
           'cost_json': flags.DEFINE_list(
               'cost_json', [], 'With --scaling: cost --topology --json_out '
               'files of TPU slices to tabulate.')}
@@ -173,11 +174,18 @@ def main(argv, flag: dict[str, Any]) -> None:
     from alexnet_jax import cost  # pylint: disable=g-import-not-at-top
     from alexnet_jax import plan  # pylint: disable=g-import-not-at-top
     from alexnet_jax import scaling  # pylint: disable=g-import-not-at-top
-    if flag['scaling'].value not in plan.HARDWARE:
-      raise app.UsageError(f'--scaling: one of {sorted(plan.HARDWARE)}')
+    unknown = set(flag['scaling'].value) - set(plan.HARDWARE)
+    if unknown:
+      raise app.UsageError(f'--scaling: {sorted(unknown)} unknown; choose '
+                           f'from {sorted(plan.HARDWARE)}')
     cost.jax_on_cpu()
-    print(scaling.write(flag['scaling'].value, flag['out'].value,
-                        flag['cost_json'].value, intro=flag['intro'].value))
+    try:
+      text = scaling.write(flag['scaling'].value, flag['out'].value,
+                           flag['cost_json'].value, intro=flag['intro'].value)
+    except ValueError as error:
+      print(f'error: {error}', file=sys.stderr)
+      sys.exit(1)
+    print(text)
     return
   if len(argv) < 2:
     raise app.UsageError('give at least one workdir')

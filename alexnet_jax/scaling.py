@@ -1,18 +1,19 @@
 """The scaling study: which execution mode wins where, and from what batch.
 
-Written by `python -m alexnet_jax.report --scaling=HARDWARE --out=DIR
-[--cost_json=A.json,B.json]`. Two parts, labelled by where their figures
-come from:
+Written by `python -m alexnet_jax.report --scaling=HW1,HW2 --out=DIR
+[--cost_json=A.json,B.json]`. Per hardware preset, parts labelled by where
+their figures come from:
 
-  projected  every mode on 1-64 devices of a GPU cluster (`plan`), at a
-             fixed per-device batch and at a fixed global batch; the
-             winner at each device count, and the crossover: the smallest
-             global batch at which data parallelism overtakes the best
-             model-parallel mode.
+  projected  every mode on 1-64 GPUs (1-256 chips of a TPU slice) with
+             `plan`, at a fixed per-device batch and at a fixed global
+             batch; the winner at each device count, and the crossover: the
+             smallest global batch at which data parallelism overtakes the
+             best model-parallel mode.
   compiled   train steps compiled for TPU slices (`cost --topology
              --json_out`): collective bytes and peak memory per chip, read
-             off the compiled programs; no time (the TPU compiler's
-             estimate is unusable for the full-size net).
+             off the compiled programs, beside the projected images/s of
+             the same step (the TPU compiler's own time estimate is
+             unusable for the full-size net).
 """
 
 import functools
@@ -26,6 +27,8 @@ from alexnet_jax import plan
 
 MODES = ('data', 'tower', 'data_tower', 'hybrid', 'hybrid_2d')
 DEVICES = (1, 2, 4, 8, 16, 32, 64)
+# A v5e slice grows to 256 chips on one ICI torus.
+STUDY_DEVICES = {'tpu_v5e': DEVICES + (128, 256)}
 MODEL_PARALLEL = ('tower', 'data_tower', 'hybrid', 'hybrid_2d')
 
 
@@ -88,13 +91,18 @@ def crossover_batch(hw: plan.Hardware, devices: int) -> tuple[
   return None, None
 
 
-def _compiled_table(paths: list[str]) -> str:
+def _compiled_table(paths: list[str], hw: plan.Hardware) -> str:
+  """Bytes and memory of compiled slices, with the projected images/s."""
   out = ['| mode | chips | hosts | global batch | collective MiB/chip/step '
-         '| peak GiB/chip | of HBM |', '|---|---|---|---|---|---|---|']
+         '(compiled; model) | peak GiB/chip | of HBM | images/s '
+         '(projected) |', '|---|---|---|---|---|---|---|---|']
   for path in paths:
     with open(path) as f:
       result = json.load(f)
-    m = result['measured']
+    m, model = result['measured'], result['analytical']
+    projected = [f'{r.images_per_sec:,.0f}' for r in _rows(
+        hw, (result['mode'],), (result['devices'],),
+        global_batch=result['batch_size'])]
     hosts = next((re.search(r'(\d+) hosts?$', line).group(1)
                   for line in m.get('placement', [])
                   if line.startswith('mesh ')), '-')
@@ -102,9 +110,10 @@ def _compiled_table(paths: list[str]) -> str:
         1, _hbm(m['device_kind']))
     out.append(f'| {result["mode"]} | {result["devices"]} | {hosts} | '
                f'{result["batch_size"]} | '
-               f'{m["collective_bytes"] / 2**20:,.1f} | '
-               f'{m["peak_memory_bytes"] / 2**30:.2f} | '
-               f'{hbm:.1%} |')
+               f'{m["collective_bytes"] / 2**20:,.1f}; '
+               f'{model["collective_bytes"] / 2**20:,.1f} | '
+               f'{m["peak_memory_bytes"] / 2**30:.2f} | {hbm:.1%} | '
+               f'{projected[0] if projected else "-"} |')
   return '\n'.join(out)
 
 
@@ -122,9 +131,10 @@ def _plot(rows: list[plan.Row], title: str, path: str) -> None:
     points = [(r.devices, r.images_per_sec) for r in rows if r.mode == mode]
     if points:
       ax.plot(*zip(*points), marker='o', label=mode)
+  counts = sorted({r.devices for r in rows})
   ax.set(xscale='log', yscale='log', xlabel='devices',
          ylabel='images/s (projected)', title=title)
-  ax.set_xticks(DEVICES, [str(d) for d in DEVICES])
+  ax.set_xticks(counts, [str(d) for d in counts])
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
@@ -132,44 +142,63 @@ def _plot(rows: list[plan.Row], title: str, path: str) -> None:
   plt.close(fig)
 
 
-def write(hardware: str, out_dir: str, cost_json: list[str],
-          batch_per_device: int = 128, global_batch: int = 1024,
-          intro: str = '') -> str:
-  """Writes out_dir/README.md and two PNGs; returns the Markdown."""
+def _section(hardware: str, out_dir: str, cost_json: list[str],
+             batch_per_device: int, global_batch: int) -> list[str]:
+  """One preset's tables and plots (written into out_dir)."""
   hw = plan.HARDWARE[hardware]
-  os.makedirs(out_dir, exist_ok=True)
-  fixed_device = _rows(hw, batch_per_device=batch_per_device)
-  fixed_global = _rows(hw, global_batch=global_batch)
+  devices = STUDY_DEVICES.get(hardware, DEVICES)
+  fixed_device = _rows(hw, devices=devices, batch_per_device=batch_per_device)
+  fixed_global = _rows(hw, devices=devices, global_batch=global_batch)
+  plots = {'per-device batch': f'{hardware}_per_device_batch.png',
+           'global batch': f'{hardware}_global_batch.png'}
   _plot(fixed_device, f'{hw.name}: {batch_per_device} images per device',
-        os.path.join(out_dir, 'per_device_batch.png'))
+        os.path.join(out_dir, plots['per-device batch']))
   _plot(fixed_global, f'{hw.name}: global batch {global_batch}',
-        os.path.join(out_dir, 'global_batch.png'))
+        os.path.join(out_dir, plots['global batch']))
   crossings = []
-  for n in DEVICES[1:]:
+  for n in devices[1:]:
     batch, rival = crossover_batch(hw, n)
     crossings.append(f'| {n} | {batch or "beyond 131072"} | {rival or "-"} |')
   parts = [
-      f'# Which strategy wins where ({hw.name})', *([intro] if intro else []),
+      f'## {hw.name}',
       '**Projected, not measured**: `alexnet_jax.plan`, from one device\'s '
       f'step and datasheet links. Sources: {hw.sources}',
+      f'### Fixed per-device batch ({batch_per_device}), images/s',
+      _table(fixed_device),
+      f'![per-device batch]({plots["per-device batch"]})',
+      f'### Fixed global batch ({global_batch}), images/s',
+      _table(fixed_global), f'![global batch]({plots["global batch"]})',
+      '### Crossover: the smallest global batch at which data parallelism '
+      'is at least as fast as the best model-parallel mode (projected)',
+      '| devices | global batch | overtaken mode |\n|---|---|---|\n'
+      + '\n'.join(crossings)]
+  if cost_json and hardware.startswith('tpu_'):
+    parts += ['### Compiled for TPU slices (bytes and memory read off the '
+              'compiled programs; images/s projected as above)',
+              _compiled_table(cost_json, hw)]
+  return parts
+
+
+def write(hardware: list[str], out_dir: str, cost_json: list[str],
+          batch_per_device: int = 128, global_batch: int = 1024,
+          intro: str = '') -> str:
+  """Writes out_dir/README.md and two PNGs per preset; returns the text."""
+  if cost_json and not any(h.startswith('tpu_') for h in hardware):
+    raise ValueError('--cost_json: compiled TPU slices need a TPU preset '
+                     'in --scaling (tpu_v5e)')
+  os.makedirs(out_dir, exist_ok=True)
+  parts = [
+      '# Which strategy wins where', *([intro] if intro else []),
       'data, tower and data_tower run the paper\'s two-tower net; hybrid and '
       'hybrid_2d the one-tower net they were made for (the paper\'s 500 '
       'classes per tower split at most 4 ways). tower runs only on 2 '
       'devices, hybrid where the FC widths divide; hybrid_2d splits the FC '
-      'layers within a node. A dash: the mode cannot run there.',
-      f'## Fixed per-device batch ({batch_per_device}), images/s',
-      _table(fixed_device), '![per-device batch](per_device_batch.png)',
-      f'## Fixed global batch ({global_batch}), images/s',
-      _table(fixed_global), '![global batch](global_batch.png)',
-      '## Crossover: the smallest global batch at which data parallelism '
-      'is at least as fast as the best model-parallel mode (projected)',
-      '| devices | global batch | overtaken mode |\n|---|---|---|\n'
-      + '\n'.join(crossings)]
-  if cost_json:
-    parts += ['## Compiled for TPU slices (memory and bytes read off the '
-              'compiled programs; no time)', _compiled_table(cost_json)]
+      'layers within a node (a TPU host). A dash: the mode cannot run '
+      'there.']
+  for name in hardware:
+    parts += _section(name, out_dir, cost_json, batch_per_device,
+                      global_batch)
   text = '\n\n'.join(parts) + '\n'
   with open(os.path.join(out_dir, 'README.md'), 'w') as f:
     f.write(text)
   return text
-

@@ -34,6 +34,21 @@ def test_transfer_is_ring_latency_plus_bytes_over_the_link(owt_net):
                                hw) == pytest.approx(5e-6 + 0.5e6 / 450e9)
 
 
+def test_tpu_slice_rings_take_two_ports_along_a_dimension_four_across():
+  hw = plan.HARDWARE['tpu_v5e']
+  paper = cost.net_shape(models.VARIANTS['paper'])
+  # data_tower's tower pair lies along one torus dimension within a host:
+  # 2 of the chip's 4 ICI ports, 100 GB/s received.
+  pair = cost.Term('all-gather', 'x', 1e6, 2)
+  assert plan.transfer_seconds('data_tower', pair, 256, paper,
+                               hw) == pytest.approx(1e-6 + 0.5e6 / 100e9)
+  # The gradient all-reduce over all 256 chips spans both dimensions.
+  wide = cost.Term('all-reduce', 'x', 800e6, 256)
+  assert plan.transfer_seconds('data', wide, 256, paper,
+                               hw) == pytest.approx(
+                                   510 * 1e-6 + 2 * 255 / 256 * 800e6 / 200e9)
+
+
 def test_one_device_reproduces_the_step_it_was_scaled_from(owt_net):
   hw = plan.HARDWARE['owt_k20']
   rate = plan.flop_rate(hw, hw.step_seconds, hw.step_batch, owt_net)

@@ -64,26 +64,60 @@ def test_cli(tmp_path):
   assert '| r | single |' in (tmp_path / 'out' / 'README.md').read_text()
 
 
-def test_scaling_study_names_winners_crossovers_and_compiled_slices(
-    tmp_path):
-  compiled = tmp_path / 'slice.json'
-  compiled.write_text(json.dumps({
+def _compiled_slice(path):
+  path.write_text(json.dumps({
       'mode': 'data_tower', 'devices': 16, 'batch_size': 2048,
+      'analytical': {'collective_bytes': 4 * 2**20},
       'measured': {'collective_bytes': 3 * 2**20,
                    'peak_memory_bytes': 2**30, 'device_kind': 'TPU v5 lite',
                    'placement': ["mesh {'data': 8, 'tower': 2} on 16 TPU v5 "
                                  'lite devices, 4 hosts']}}))
-  out = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.report', '--scaling=owt_k20',
-       f'--out={tmp_path / "study"}', f'--cost_json={compiled}'],
-      env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
-      check=True)
+  return path
+
+
+def _scaling(tmp_path, *flags):
+  return subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.report', f'--out={tmp_path}',
+       *flags], env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+      text=True)
+
+
+def test_scaling_study_names_winners_crossovers_and_compiled_slices(
+    tmp_path):
+  compiled = _compiled_slice(tmp_path / 'slice.json')
+  out = _scaling(tmp_path / 'study', '--scaling=owt_k20,tpu_v5e',
+                 f'--cost_json={compiled}')
+  assert out.returncode == 0, out.stderr
   text = (tmp_path / 'study' / 'README.md').read_text()
   assert text == out.stdout.rstrip('\n') + '\n'
-  assert 'Projected, not measured' in text
-  rows = [l.split(' | ') for l in text.splitlines() if l.startswith('| 2 |')]
+  assert text.count('Projected, not measured') == 2
+  gpus, tpus = text.split('## tpu_v5e')
+  rows = [l.split(' | ') for l in gpus.splitlines() if l.startswith('| 2 |')]
   # Two devices: every mode runs, and one of them is named the winner.
   assert rows[0][-1].rstrip(' |') in ('data', 'tower', 'data_tower',
                                       'hybrid', 'hybrid_2d')
-  assert '| data_tower | 16 | 4 | 2048 | 3.0 | 1.00 | 6.2% |' in text
-  assert (tmp_path / 'study' / 'per_device_batch.png').stat().st_size > 1000
+  # The GPU study stops at 64 devices, the TPU slice's at 256 chips.
+  assert '| 128 |' not in gpus and '| 256 |' in tpus
+  # The compiled slice: its bytes beside the model's, and the projected
+  # images/s of the same mode, chips and batch.
+  row = next(l for l in tpus.splitlines() if l.startswith('| data_tower |'))
+  assert row.startswith('| data_tower | 16 | 4 | 2048 | 3.0; 4.0 | 1.00 | '
+                        '6.2% | ')
+  # 2048 images on 16 chips is 128 per chip: the per-device-batch table's
+  # data_tower cell at 16 chips.
+  per_chip = next(l for l in tpus.split('### Fixed global')[0].splitlines()
+                  if l.startswith('| 16 |'))
+  assert row.split(' | ')[-1].rstrip(' |') == (
+      per_chip.split(' | ')[3].strip('*'))
+  for hw in ('owt_k20', 'tpu_v5e'):
+    png = tmp_path / 'study' / f'{hw}_per_device_batch.png'
+    assert png.stat().st_size > 1000
+
+
+def test_compiled_slices_need_a_tpu_preset(tmp_path):
+  compiled = _compiled_slice(tmp_path / 'slice.json')
+  out = _scaling(tmp_path / 'study', '--scaling=owt_k20',
+                 f'--cost_json={compiled}')
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      'error: --cost_json: compiled TPU slices need a TPU preset')
