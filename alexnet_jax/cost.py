@@ -456,6 +456,13 @@ def format_report(result: dict[str, Any]) -> str:
   if raw is not None and not seconds:
     lines += ['', 'XLA gives no usable step-time estimate for this program '
               f'(optimal_seconds {raw:.6g}).']
+  if 'plan_projection' in result:
+    p = result['plan_projection']
+    lines += [f"alexnet_jax.plan's projection on its {p['hardware']} preset "
+              "instead (datasheet links and an assumed one-device speed: "
+              'not a measurement):',
+              f'projected_step_seconds {p["step_s"]:.6g}',
+              f'projected_images_per_sec {p["images_per_sec"]:.1f}']
   if seconds:
     lines += ['', "XLA's estimate for this device (an estimate, not a "
               'measurement):',
@@ -496,6 +503,19 @@ def _define_flags() -> dict[str, Any]:
       'json_out': flags.DEFINE_string(
           'json_out', None, 'Also write the figures as JSON here.'),
   }
+
+
+def _plan_projection(mode: str, num_devices: int, batch: int, spec: Any,
+                     device_kind: str | None) -> dict[str, Any]:
+  """{'plan_projection': ...} where the compiled-for chip has a preset of
+  `alexnet_jax.plan`, else {}: a time where XLA's estimate is unusable."""
+  from alexnet_jax import plan  # pylint: disable=g-import-not-at-top
+  preset = plan.PRESET_OF_DEVICE_KIND.get(device_kind)
+  if preset is None:
+    return {}
+  hw = plan.HARDWARE[preset]
+  return {'plan_projection': {'hardware': preset} | plan.project_on_preset(
+      hw, mode, num_devices, batch, spec)}
 
 
 def jax_on_cpu() -> None:
@@ -547,6 +567,9 @@ def main(argv, flag: dict[str, Any]) -> None:
                             fc_shards))
   result = report(config.mode, num_devices, batch, net, measured,
                   fc_shards or 1)
+  if measured and measured.get('estimated_step_seconds') is None:
+    result |= _plan_projection(config.mode, num_devices, batch, spec,
+                               measured.get('device_kind'))
   link, tflops = flag['link_gbps'].value, flag['device_tflops'].value
   if link and tflops:
     source = measured or result['analytical']

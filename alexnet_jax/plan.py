@@ -138,6 +138,11 @@ HARDWARE = {
 }
 
 
+# `device.device_kind` of a compiled program's devices -> its preset.
+PRESET_OF_DEVICE_KIND = {'TPU v5 lite': 'tpu_v5e',
+                         'NVIDIA H100 80GB HBM3': 'h100_sxm8'}
+
+
 def _ring_steps(kind: str, group: int) -> int:
   if group <= 1:
     return 0
@@ -206,6 +211,14 @@ def project(mode: str, num_devices: int, batch: int, net: cost.NetShape,
   return {'compute_s': compute, 'update_s': update, 'critical_s': critical,
           'gradient_s': grad, 'exposed_s': exposed, 'step_s': step,
           'images_per_sec': batch / step}
+
+
+def project_on_preset(hw: Hardware, mode: str, num_devices: int,
+                      batch: int, spec: models.AlexNetSpec) -> dict[str, float]:
+  """`project` with the preset's own one-device speed."""
+  reference = cost.net_shape(models.VARIANTS[hw.step_variant])
+  rate = flop_rate(hw, hw.step_seconds, hw.step_batch, reference)
+  return project(mode, num_devices, batch, cost.net_shape(spec), hw, rate)
 
 
 @dataclasses.dataclass(frozen=True)
