@@ -251,14 +251,12 @@ def abstract_train_state(spec, strategy, tx) -> Any:
   of-time compilation for devices this process cannot reach needs."""
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  shaped = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                     sharding=sharding)
-  params = parallel.abstract_params(spec)
-  params = jax.tree.map(shaped, params, strategy.param_shardings(params))
+  params = parallel.abstract_params(spec, strategy)
   with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
     init = jax.jit(tx.init).lower(params).compile()
-  opt_state = jax.tree.map(shaped, jax.eval_shape(tx.init, params),
-                           init.output_shardings)
+  opt_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(tx.init, params), init.output_shardings)
   step = jax.ShapeDtypeStruct((), jax.numpy.int32,
                               sharding=strategy.replicated())
   return train.TrainState(step, params, opt_state)

@@ -465,12 +465,9 @@ def _evaluate_checkpoint(config, path, workdir, spec, strategy):
   check_config(config, strategy, spec)
   ckpt_dir, step = checkpoint.locate(path)
   mngr = checkpoint.manager(ckpt_dir)
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      parallel.abstract_params(spec),
-      strategy.param_shardings(parallel.abstract_params(spec)))
-  found = checkpoint.restore_latest_readable(mngr, spec, params_like=abstract,
-                                             step=step)
+  found = checkpoint.restore_latest_readable(
+      mngr, spec, params_like=parallel.abstract_params(spec, strategy),
+      step=step)
   if found is None:
     raise ValueError(f'--checkpoint: no complete checkpoint in {ckpt_dir}')
   step, params = found[0], found[1]['params']
