@@ -210,7 +210,8 @@ def check_config(config: Any, strategy: parallel.Strategy,
       raise ValueError(f'config.{key}: must be at least 1, not {config[key]}')
 
 
-def _prepare_workdir(workdir: str) -> None:
+def prepare_workdir(workdir: str) -> None:
+  """Creates `workdir` and checks that this process can write in it."""
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.writable.{jax.process_index()}')
@@ -301,7 +302,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
   from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
   check_config(config, strategy, spec)
-  _prepare_workdir(workdir)
+  prepare_workdir(workdir)
   num_steps, steps_per_epoch = total_steps(config)
 
   rng = jax.random.key(config.seed)
@@ -474,7 +475,7 @@ def _evaluate_checkpoint(config, path, workdir, spec, strategy):
   results = evaluate(config, strategy,
                      _eval_step(config, spec, strategy, params), params)
   if workdir:
-    _prepare_workdir(workdir)
+    prepare_workdir(workdir)
     logs.MetricsWriter(workdir).write(step, results)
   logs.console(f'checkpoint {ckpt_dir}/{step}: ' + '  '.join(
       f'{k} {v}' for k, v in results.items()))
