@@ -283,10 +283,7 @@ def load_checkpoint(path: str) -> tuple[Any, models.AlexNetSpec,
   meta = checkpoint.read_meta(mngr, step)
   spec = _spec_from_meta(meta)
   strategy = parallel.create_strategy('single', 1, spec, 1)
-  abstract = parallel.abstract_params(spec)
-  like = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract, strategy.param_shardings(abstract))
+  like = parallel.abstract_params(spec, strategy)
   params = checkpoint.restore(mngr, step, params_like=like)['params']
   return jax.tree.map(np.asarray, params), spec, meta
 

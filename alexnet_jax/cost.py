@@ -110,30 +110,18 @@ class NetShape:
 
 
 def net_shape(spec) -> NetShape:
-  """Layer shapes from the model itself (traced, nothing allocated)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  """The cost model's view of `models.layer_stats` (the model traced,
+  nothing allocated)."""
   from alexnet_jax import models  # pylint: disable=g-import-not-at-top
-  params = parallel.abstract_params(spec)
-  image = jax.ShapeDtypeStruct((1, spec.input_size, spec.input_size, 3),
-                               jax.numpy.float32)
-  _, state = jax.eval_shape(
-      lambda p, x: models.AlexNet(spec).apply(
-          {'params': p}, x, train=False, mutable=['intermediates']),
-      params, image)
-  (outputs,) = state['intermediates']['layer_outputs']
-  per_image = lambda name: math.prod(outputs[name][0].shape[1:])
-  size = lambda layer: sum(x.size for x in jax.tree.leaves(params[layer]))
-  # A conv kernel is used at every output position, an FC kernel once.
-  macs = {k: params[k]['kernel'].size * math.prod(outputs[k][0].shape[1:3])
-          for k in models.CONV_LAYERS}
-  macs.update({k: params[k]['kernel'].size for k in models.FC_LAYERS})
+  rows = {row['layer']: row for row in models.layer_stats(spec)}
+  total = lambda key, layers: sum(rows[k][key] for k in layers)
   return NetShape(
-      towers=spec.num_towers, pool2=per_image('pool2'),
-      pool5=per_image('pool5'), fc=tuple(spec.fc_features),
+      towers=spec.num_towers, pool2=math.prod(rows['pool2']['output']),
+      pool5=math.prod(rows['pool5']['output']), fc=tuple(spec.fc_features),
       classes=spec.num_classes,
-      conv_params=sum(size(k) for k in models.CONV_LAYERS),
-      fc_params=sum(size(k) for k in models.FC_LAYERS),
-      macs=sum(macs.values()), conv1_macs=macs['conv1'],
+      conv_params=total('params', models.CONV_LAYERS),
+      fc_params=total('params', models.FC_LAYERS),
+      macs=total('macs', models.LAYERS), conv1_macs=rows['conv1']['macs'],
       act_bytes=2 if spec.dtype == 'bfloat16' else 4)
 
 
@@ -251,14 +239,12 @@ def abstract_train_state(spec, strategy, tx) -> Any:
   of-time compilation for devices this process cannot reach needs."""
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  shaped = lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                     sharding=sharding)
-  params = parallel.abstract_params(spec)
-  params = jax.tree.map(shaped, params, strategy.param_shardings(params))
+  params = parallel.abstract_params(spec, strategy)
   with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
     init = jax.jit(tx.init).lower(params).compile()
-  opt_state = jax.tree.map(shaped, jax.eval_shape(tx.init, params),
-                           init.output_shardings)
+  opt_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(tx.init, params), init.output_shardings)
   step = jax.ShapeDtypeStruct((), jax.numpy.int32,
                               sharding=strategy.replicated())
   return train.TrainState(step, params, opt_state)

@@ -14,17 +14,19 @@ all processes share (a network filesystem or a bucket); only process 0
 writes logs, metrics and DIR/config.json.
 """
 
-import math
 import os
-import secrets
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from alexnet_jax import config_check
+from alexnet_jax import multihost
+from alexnet_jax import parallel
+from alexnet_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
@@ -54,65 +56,24 @@ _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'With --distributed: this process, 0..num_processes-1.')
 
 
-def _initialize_distributed(jax, num_devices: int) -> None:
-  """Joins the multi-controller runtime before any backend starts.
-
-  On a CPU-only host each process simulates its share of the configured
-  devices, and cross-process collectives go over gloo (TCP).
-  """
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  if _NUM_PROCESSES.value:
-    from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
-    parallel.request_cpu_devices(
-        math.ceil(num_devices / _NUM_PROCESSES.value))
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                             num_processes=_NUM_PROCESSES.value,
-                             process_id=_PROCESS_ID.value)
-
-
-def check_shared_workdir(workdir: str) -> None:
-  """Fails on every process unless all of them see the same `workdir`.
-
-  Orbax writes each process's shards of a checkpoint into the workdir, so a
-  directory that is local to each host gives checkpoints no process can
-  restore. Process 0 writes a marker with a fresh token; after a barrier
-  every process looks for it, and all learn whether any could not.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  token = int(multihost_utils.broadcast_one_to_all(
-      np.int64(secrets.randbits(62))))
-  marker = os.path.join(workdir, '.shared_workdir_check')
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(marker, 'w') as f:
-      f.write(str(token))
-  multihost_utils.sync_global_devices('alexnet_jax: marker written')
-  try:
-    with open(marker) as f:
-      sees = f.read() == str(token)
-  except OSError:
-    sees = False
-  blind = np.flatnonzero(~multihost_utils.process_allgather(np.array(sees)))
-  if jax.process_index() == 0:
-    os.remove(marker)
-  if blind.size:
-    raise FileNotFoundError(
-        f'--workdir: processes {blind.tolist()} cannot see {marker}, written '
-        f'by process 0; multi-host runs need a workdir that every process '
-        f'shares (checkpoints are written by all of them)')
+def _start_jax(num_devices: int) -> None:
+  """Before any JAX backend starts: the compilation cache, then this
+  process's devices (with --distributed, its share of them)."""
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # Recompile only once.
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.expanduser('~/.cache/alexnet_jax/xla'))
+  if _DISTRIBUTED.value:
+    multihost.initialize(num_devices, _COORDINATOR.value,
+                         _NUM_PROCESSES.value, _PROCESS_ID.value)
+  else:
+    parallel.request_cpu_devices(num_devices)
 
 
 def _write_config(config, workdir: str) -> None:
   """DIR/config.json (process 0): what the report reads back."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  except OSError as error:
-    raise ValueError(f'--workdir: {workdir} is not writable '
-                     f'({error.strerror})') from None
+  train.prepare_workdir(workdir)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _dry_run(config) -> None:
@@ -141,23 +102,13 @@ def main(argv):
     raise app.UsageError('--workdir is required (or --eval_only with '
                          '--checkpoint)')
   config = _CONFIG.value
-  # Decide devices before JAX initialises; TF must never claim a GPU.
-  import jax  # pylint: disable=g-import-not-at-top
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # Recompile only once.
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.expanduser('~/.cache/alexnet_jax/xla'))
-  if _DISTRIBUTED.value:
-    _initialize_distributed(jax, config.num_devices)
-  else:
-    from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
-    parallel.request_cpu_devices(config.num_devices)
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  _start_jax(config.num_devices)
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   _quiet_library_logs()
   try:
     if jax.process_count() > 1 and _WORKDIR.value:
-      check_shared_workdir(_WORKDIR.value)
+      multihost.check_shared_workdir(_WORKDIR.value)
     if _EVAL_ONLY.value:
       train.evaluate_checkpoint(config, _CHECKPOINT.value or _WORKDIR.value,
                                 _WORKDIR.value)

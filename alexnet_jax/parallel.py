@@ -266,9 +266,19 @@ def _init_fn(spec: models.AlexNetSpec):
       train=False)['params']
 
 
-def abstract_params(spec: models.AlexNetSpec) -> Any:
-  """Global parameter shapes, without allocating them."""
-  return jax.eval_shape(_init_fn(spec), jax.random.key(0))
+def abstract_params(spec: models.AlexNetSpec,
+                    strategy: Strategy | None = None) -> Any:
+  """Global parameter shapes and dtypes, without allocating them.
+
+  With `strategy`, each also carries the sharding it has under that
+  strategy: what a restore or an ahead-of-time compilation needs.
+  """
+  shapes = jax.eval_shape(_init_fn(spec), jax.random.key(0))
+  if strategy is None:
+    return shapes
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      shapes, strategy.param_shardings(shapes))
 
 
 def init_params(spec: models.AlexNetSpec, strategy: Strategy,

@@ -210,7 +210,8 @@ def check_config(config: Any, strategy: parallel.Strategy,
       raise ValueError(f'config.{key}: must be at least 1, not {config[key]}')
 
 
-def _prepare_workdir(workdir: str) -> None:
+def prepare_workdir(workdir: str) -> None:
+  """Creates `workdir` and checks that this process can write in it."""
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.writable.{jax.process_index()}')
@@ -299,126 +300,179 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
 
 def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
-  from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
   check_config(config, strategy, spec)
-  _prepare_workdir(workdir)
+  prepare_workdir(workdir)
   num_steps, steps_per_epoch = total_steps(config)
-
-  rng = jax.random.key(config.seed)
-  init_rng, dropout_rng = jax.random.split(rng)
-  params_shape = parallel.abstract_params(spec)
-  tx = optim.create_optimizer(config.optimizer, params_shape)
-  state = create_train_state(spec, strategy, tx, init_rng)
-  policy = optim.LearningRatePolicy.from_config(config.optimizer,
-                                                steps_per_epoch)
-  shard, shards = strategy.process_batch_shard()
-  train_iter = iterators.create_train_iterator(
-      config, process_index=shard, process_count=shards)
-  meta = checkpoint.spec_meta(spec, input=config.input.to_dict(),
-                              dataset=config.dataset)
-
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  mngr = checkpoint.manager(ckpt_dir, config.keep_checkpoints)
-  data_state = train_iter.get_state()
-  latest = checkpoint.restore_latest_readable(
-      mngr, spec, params_like=state.params, opt_state_like=state.opt_state)
-  if latest is not None:
-    step, restored = latest
-    state = TrainState(jax.device_put(jnp.int32(step), strategy.replicated()),
-                       restored['params'], restored['opt_state'])
-    _restore_data_position(train_iter, restored['progress']['data'])
-    data_state = train_iter.get_state()
-    policy.load_state_dict(restored['progress']['lr_policy'])
-    logs.console(f'resumed from {ckpt_dir}/{step}')
-
-  writer = logs.MetricsWriter(workdir)
-  logs.console(f'{config.mode} mode on mesh {dict(strategy.mesh.shape)}; '
-               f'TensorBoard: {writer.tensorboard_dir}; checkpoints: '
-               f'{ckpt_dir}; metrics: {writer.jsonl_path}')
-  train_step = make_train_step(spec, strategy, tx, state,
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  tx = optim.create_optimizer(config.optimizer, parallel.abstract_params(spec))
+  run = _Run(config, workdir, spec, strategy,
+             create_train_state(spec, strategy, tx, init_rng), steps_per_epoch)
+  run.resume(spec)
+  train_step = make_train_step(spec, strategy, tx, run.state,
                                device.Normalization.from_config(config))
-  eval_step = _eval_step(config, spec, strategy, state.params)
-  batches = iterators.prefetch_to_device(
-      train_iter, config.input.prefetch_batches,
-      batch_shardings(strategy, device.TRAIN_KEYS))
+  eval_step = _eval_step(config, spec, strategy, run.state.params)
+  return run.train(num_steps, train_step, eval_step, dropout_rng)
 
-  first_step = int(state.step)
-  progress = logs.Progress(first_step, num_steps)
-  window = _Window()
-  pending = None  # (step, device metrics): read one step late, async.
-  last_eval = {}
 
-  def save(step):
+def _due(done: int, every: int, num_steps: int) -> bool:
+  """Whether work done every `every` steps falls after step `done`; the
+  last step always gets it."""
+  return done % every == 0 or done == num_steps
+
+
+class _Run:
+  """One training run: its state, data position, checkpoints and metrics,
+  and the work the schedule puts between steps."""
+
+  def __init__(self, config: Any, workdir: str, spec: models.AlexNetSpec,
+               strategy: parallel.Strategy, state: TrainState,
+               steps_per_epoch: float):
+    from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
+    self.config, self.workdir, self.strategy = config, workdir, strategy
+    self.state = state
+    self.policy = optim.LearningRatePolicy.from_config(config.optimizer,
+                                                       steps_per_epoch)
+    shard, shards = strategy.process_batch_shard()
+    self.train_iter = iterators.create_train_iterator(
+        config, process_index=shard, process_count=shards)
+    self.meta = checkpoint.spec_meta(spec, input=config.input.to_dict(),
+                                     dataset=config.dataset)
+    self.ckpt_dir = os.path.join(workdir, 'checkpoints')
+    self.mngr = checkpoint.manager(self.ckpt_dir, config.keep_checkpoints)
+    self.data_state = self.train_iter.get_state()
+    self.window = _Window()
+    self.pending = None  # (step, device metrics): read one step late, async.
+    self.last_eval = {}
+    self.writer = self.progress = None  # Set when training starts.
+
+  def resume(self, spec: models.AlexNetSpec) -> None:
+    """Continues from the latest readable checkpoint, if there is one: its
+    parameters, optimizer state, data position and learning-rate policy."""
+    latest = checkpoint.restore_latest_readable(
+        self.mngr, spec, params_like=self.state.params,
+        opt_state_like=self.state.opt_state)
+    if latest is None:
+      return
+    step, restored = latest
+    self.state = TrainState(
+        jax.device_put(jnp.int32(step), self.strategy.replicated()),
+        restored['params'], restored['opt_state'])
+    _restore_data_position(self.train_iter, restored['progress']['data'])
+    self.data_state = self.train_iter.get_state()
+    self.policy.load_state_dict(restored['progress']['lr_policy'])
+    logs.console(f'resumed from {self.ckpt_dir}/{step}')
+
+  def train(self, num_steps: int, train_step: Callable, eval_step: Callable,
+            dropout_rng: jax.Array) -> dict[str, float]:
+    """Steps up to `num_steps`, logging, evaluating and saving as the
+    config schedules; SIGTERM or SIGINT saves and returns early. Returns
+    the last evaluation's metrics."""
+    from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
+    config = self.config
+    self.writer = logs.MetricsWriter(self.workdir)
+    logs.console(f'{config.mode} mode on mesh '
+                 f'{dict(self.strategy.mesh.shape)}; TensorBoard: '
+                 f'{self.writer.tensorboard_dir}; checkpoints: '
+                 f'{self.ckpt_dir}; metrics: {self.writer.jsonl_path}')
+    batches = iterators.prefetch_to_device(
+        self.train_iter, config.input.prefetch_batches,
+        batch_shardings(self.strategy, device.TRAIN_KEYS))
+    first_step = int(self.state.step)
+    self.progress = logs.Progress(first_step, num_steps)
+    with _StopRequest() as stop, batches:
+      for step in range(first_step, num_steps):
+        if stop.signal:
+          self._save_and_stop(step, stop.signal)
+          return self.last_eval
+        learning_rate = self.policy(step)
+        self._step(step, batches, train_step, learning_rate, dropout_rng)
+        done = step + 1
+        if _due(done, config.log_every_steps, num_steps):
+          self._log_train(done, learning_rate)
+        if _due(done, config.eval_every_steps, num_steps):
+          self._evaluate(done, eval_step)
+        if _due(done, config.checkpoint_every_steps, num_steps):
+          self._save(done)
+    checkpoint.wait_until_finished(self.mngr)
+    self.writer.close()
+    return self.last_eval
+
+  def _step(self, step: int, batches: Any, train_step: Callable,
+            learning_rate: float, dropout_rng: jax.Array) -> None:
+    """One train step on the next batch; its metrics are read a step late,
+    so the host does not wait for the devices."""
+    waited = time.time()
+    batch, self.data_state, _ = next(batches)
+    self.window.data_wait += time.time() - waited
+    self.state, metrics = train_step(self.state, batch, learning_rate,
+                                     dropout_rng)
+    self._flush()
+    self.pending = (step, metrics)
+
+  def _flush(self) -> None:
+    """Adds the pending step's metrics to the window (waiting for them)."""
+    if self.pending is not None:
+      self.window.add(*self.pending, self.mngr)
+      self.pending = None
+
+  def _log_train(self, done: int, learning_rate: float) -> None:
+    """The window's train metrics to TensorBoard, metrics.jsonl and the
+    console."""
+    self._flush()
+    per_step, eta = self.progress.report(done)
+    summary = self.window.summary(per_step, self.config.batch_size)
+    summary.update({'train/learning_rate': learning_rate,
+                    'data/skipped_train': _skipped_in_all_shards(
+                        self.data_state, self.strategy)})
+    self.writer.write(done, summary)
+    logs.console(
+        f'step {done}/{self.progress.total_steps}  loss '
+        f'{summary["train/loss"]:.4f}  top1 err '
+        f'{summary["train/top1_error"]:.3f}  '
+        f'{summary["perf/images_per_sec"]:.0f} img/s  data wait '
+        f'{summary["perf/data_wait_fraction"]:.0%}  ETA '
+        f'{logs.format_duration(eta)}')
+
+  def _evaluate(self, done: int, eval_step: Callable) -> None:
+    """Validation error (which may lower the learning rate) and conv1's
+    colour specificity, logged."""
+    self._flush()
+    self.last_eval = evaluate(self.config, self.strategy, eval_step,
+                              self.state.params)
+    if self.policy.observe(self.last_eval['eval/top1_error']):
+      logs.console(f'validation error stopped improving: learning rate '
+                   f'now {self.policy(done):g}')
+    self.writer.write(done, self.last_eval)
+    logs.console(f'eval at step {done}: ' + '  '.join(
+        f'{k.split("/")[1]} {v:.4f}' if isinstance(v, float)
+        else f'{k.split("/")[1]} {v}' for k, v in self.last_eval.items()))
+    scores = towers.log_conv1(self.writer, done, self.state.params,
+                              self.config.input)
+    logs.console('color_specificity ' + ' '.join(f'{s:.4f}' for s in scores))
+    self.progress.report(done)  # Evaluation time is not training time.
+
+  def _save(self, step: int) -> None:
+    """A checkpoint at `step`: parameters, optimizer state, every process's
+    data position and the learning-rate policy."""
+    self._flush()
     # A finite loss can still be followed by an update that overflows.
-    if not _all_finite(state.params):
-      mngr.wait_until_finished()
+    if not _all_finite(self.state.params):
+      self.mngr.wait_until_finished()
       raise FloatingPointError(
           f'non-finite parameters at step {step}; stopped. The latest '
-          f'checkpoint (step {mngr.latest_step()}) holds the last good '
+          f'checkpoint (step {self.mngr.latest_step()}) holds the last good '
           'parameters.')
-    checkpoint.save(mngr, step, params=state.params,
-                    opt_state=state.opt_state, meta=meta,
-                    progress={'data': _gather_over_processes(data_state),
-                              'lr_policy': policy.state_dict()})
+    checkpoint.save(self.mngr, step, params=self.state.params,
+                    opt_state=self.state.opt_state, meta=self.meta,
+                    progress={'data': _gather_over_processes(self.data_state),
+                              'lr_policy': self.policy.state_dict()})
 
-  def flush():
-    nonlocal pending
-    if pending is not None:
-      window.add(*pending, mngr)
-      pending = None
-
-  with _StopRequest() as stop, batches:
-    for step in range(first_step, num_steps):
-      if stop.signal:
-        flush()
-        save(step)
-        checkpoint.wait_until_finished(mngr)
-        logs.console(f'{stop.signal} at step {step}: checkpoint saved in '
-                     f'{ckpt_dir}/{step}; run the same command to resume')
-        writer.close()
-        return last_eval
-      waited = time.time()
-      batch, data_state, _ = next(batches)
-      window.data_wait += time.time() - waited
-      learning_rate = policy(step)
-      state, metrics = train_step(state, batch, learning_rate, dropout_rng)
-      flush()
-      pending = (step, metrics)
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == num_steps:
-        flush()
-        per_step, eta = progress.report(done)
-        summary = window.summary(per_step, config.batch_size)
-        summary.update({'train/learning_rate': learning_rate,
-                        'data/skipped_train': _skipped_in_all_shards(
-                            data_state, strategy)})
-        writer.write(done, summary)
-        logs.console(
-            f'step {done}/{num_steps}  loss {summary["train/loss"]:.4f}  '
-            f'top1 err {summary["train/top1_error"]:.3f}  '
-            f'{summary["perf/images_per_sec"]:.0f} img/s  data wait '
-            f'{summary["perf/data_wait_fraction"]:.0%}  ETA '
-            f'{logs.format_duration(eta)}')
-      if done % config.eval_every_steps == 0 or done == num_steps:
-        flush()
-        last_eval = evaluate(config, strategy, eval_step, state.params)
-        if policy.observe(last_eval['eval/top1_error']):
-          logs.console(f'validation error stopped improving: learning rate '
-                       f'now {policy(done):g}')
-        writer.write(done, last_eval)
-        logs.console(f'eval at step {done}: ' + '  '.join(
-            f'{k.split("/")[1]} {v:.4f}' if isinstance(v, float)
-            else f'{k.split("/")[1]} {v}' for k, v in last_eval.items()))
-        scores = towers.log_conv1(writer, done, state.params, config.input)
-        logs.console('color_specificity ' + ' '.join(f'{s:.4f}'
-                                                     for s in scores))
-        progress.report(done)  # Evaluation time is not training time.
-      if done % config.checkpoint_every_steps == 0 or done == num_steps:
-        flush()
-        save(done)
-  checkpoint.wait_until_finished(mngr)
-  writer.close()
-  return last_eval
+  def _save_and_stop(self, step: int, signal_name: str) -> None:
+    self._save(step)
+    checkpoint.wait_until_finished(self.mngr)
+    logs.console(f'{signal_name} at step {step}: checkpoint saved in '
+                 f'{self.ckpt_dir}/{step}; run the same command to resume')
+    self.writer.close()
 
 
 class _Window:
@@ -465,19 +519,16 @@ def _evaluate_checkpoint(config, path, workdir, spec, strategy):
   check_config(config, strategy, spec)
   ckpt_dir, step = checkpoint.locate(path)
   mngr = checkpoint.manager(ckpt_dir)
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      parallel.abstract_params(spec),
-      strategy.param_shardings(parallel.abstract_params(spec)))
-  found = checkpoint.restore_latest_readable(mngr, spec, params_like=abstract,
-                                             step=step)
+  found = checkpoint.restore_latest_readable(
+      mngr, spec, params_like=parallel.abstract_params(spec, strategy),
+      step=step)
   if found is None:
     raise ValueError(f'--checkpoint: no complete checkpoint in {ckpt_dir}')
   step, params = found[0], found[1]['params']
   results = evaluate(config, strategy,
                      _eval_step(config, spec, strategy, params), params)
   if workdir:
-    _prepare_workdir(workdir)
+    prepare_workdir(workdir)
     logs.MetricsWriter(workdir).write(step, results)
   logs.console(f'checkpoint {ckpt_dir}/{step}: ' + '  '.join(
       f'{k} {v}' for k, v in results.items()))

@@ -295,10 +295,9 @@ def test_caffe_checkpoint_restores_with_its_conventions(caffe_files):
   config = pretrained_caffe.get_config()
   spec = parallel.spec_of(config)
   mngr = checkpoint.manager(ckpt)
-  restored = checkpoint.restore(mngr, 0, params_like=jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.
-                                     SingleDeviceSharding(jax.devices()[0])),
-      parallel.abstract_params(spec)))
+  one_device = parallel.create_strategy('single', 1, spec, 1)
+  restored = checkpoint.restore(
+      mngr, 0, params_like=parallel.abstract_params(spec, one_device))
   checkpoint.check_compatible(restored['meta'], spec, ckpt)
   meta_input = restored['meta']['input']
   assert meta_input['channel_order'] == 'BGR'

@@ -164,6 +164,18 @@ def test_hybrid_mode_splits_fc_and_replicates_convs(small_spec):
   assert conv_params <= reduced < conv_params + BATCH * 64
 
 
+@pytest.mark.parametrize('mode,devices', [('tower', 2), ('hybrid', 2)])
+def test_abstract_params_describe_the_placed_params(small_spec, mode,
+                                                    devices):
+  strategy = parallel.create_strategy(mode, devices, small_spec, BATCH)
+  abstract = parallel.abstract_params(small_spec, strategy)
+  params = parallel.init_params(small_spec, strategy, jax.random.key(1))
+  assert jax.tree.structure(abstract) == jax.tree.structure(params)
+  for like, placed in zip(jax.tree.leaves(abstract), jax.tree.leaves(params)):
+    assert (like.shape, like.dtype) == (placed.shape, placed.dtype)
+    assert like.sharding.is_equivalent_to(placed.sharding, len(like.shape))
+
+
 @pytest.mark.parametrize('mode,devices,batch,key', [
     ('pipeline', 2, 8, 'config.mode'),
     ('tower', 4, 8, 'config.num_devices'),

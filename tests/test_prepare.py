@@ -280,12 +280,11 @@ def _params(config, workdir):
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  params_like = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      parallel.abstract_params(parallel.spec_of(config)))
-  restored = checkpoint.restore(mngr, mngr.latest_step(),
-                                params_like=params_like)
+  spec = parallel.spec_of(config)
+  one_device = parallel.create_strategy('single', 1, spec, 1)
+  restored = checkpoint.restore(
+      mngr, mngr.latest_step(),
+      params_like=parallel.abstract_params(spec, one_device))
   return mngr.latest_step(), jax.tree.leaves(restored['params'])
 
 

@@ -32,12 +32,10 @@ def _final_params(config, workdir):
   spec = parallel.spec_of(config)
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))
   step = mngr.latest_step()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  params_like = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      parallel.abstract_params(spec))
   # Restored onto one device, whatever mode wrote it.
-  restored = checkpoint.restore(mngr, step, params_like=params_like)
+  one_device = parallel.create_strategy('single', 1, spec, 1)
+  restored = checkpoint.restore(
+      mngr, step, params_like=parallel.abstract_params(spec, one_device))
   return step, jax.tree.map(np.asarray, restored['params'])
 
 
