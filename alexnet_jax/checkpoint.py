@@ -312,7 +312,8 @@ def _attempt(read: Callable[[], _T]) -> tuple[_T | None, str | None]:
 
   orbax reads each array in an asyncio task; when one fails, asyncio later
   reports every other failed task ("exception was never retrieved") as the
-  tasks are collected. Those reports are dropped: the one line says it all.
+  tasks are collected, some of them only after this returns, when their
+  reads end. Those reports are dropped: the one line says it all.
   """
   _ignore_reads_finishing_after_their_loop()
   asyncio_log = logging.getLogger('asyncio')
@@ -323,10 +324,22 @@ def _attempt(read: Callable[[], _T]) -> tuple[_T | None, str | None]:
       return read(), None
     except Exception as error:  # pylint: disable=broad-exception-caught
       why = one_line(error)
-    gc.collect()  # The failed tasks go, and report, while dropped.
+    _drop_unretrieved_task_errors(asyncio_log)
+    gc.collect()  # Most failed tasks go, and report, now.
     return None, why
   finally:
     asyncio_log.removeFilter(drop)
+
+
+def _drop_unretrieved_task_errors(asyncio_log: logging.Logger) -> None:
+  """From a failed read on, asyncio's reports of tasks whose exception
+  nobody retrieved are dropped; its other records still pass."""
+  if not any(getattr(f, 'drops_unretrieved', False)
+             for f in asyncio_log.filters):
+    keep = lambda record: 'exception was never retrieved' not in (
+        record.getMessage())
+    keep.drops_unretrieved = True
+    asyncio_log.addFilter(keep)
 
 
 def _ignore_reads_finishing_after_their_loop() -> None:
