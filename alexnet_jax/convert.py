@@ -20,7 +20,6 @@ its meta carries the model spec and the input conventions of the matching
 
 import os
 import pickle
-import sys
 from typing import Any
 
 from absl import app
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import checkpoint
+from alexnet_jax import cli
 from alexnet_jax import models
 from alexnet_jax import parallel
 
@@ -307,35 +307,32 @@ def convert_to_torchvision(path: str, out: str) -> None:
   save_torchvision(to_torchvision(params, spec), out)
 
 
-def define_flags() -> None:
-  """The command line's flags (only when run as a program: predict's
-  `--out` would clash in a process that imports both)."""
-  flags.DEFINE_enum('from', None, ['torchvision', 'caffe'], 'Convert this '
-                    'format (file given as argument) into a checkpoint at '
-                    '--out.')
-  flags.DEFINE_enum('to', None, ['torchvision'], 'Convert the checkpoint '
-                    'given as argument into this format at --out.')
-  flags.DEFINE_string('out', None, 'Output checkpoint dir or file.')
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.convert`."""
+  return {
+      'from': flags.DEFINE_enum(
+          'from', None, ['torchvision', 'caffe'], 'Convert this format (file '
+          'given as argument) into a checkpoint at --out.'),
+      'to': flags.DEFINE_enum(
+          'to', None, ['torchvision'], 'Convert the checkpoint given as '
+          'argument into this format at --out.'),
+      'out': flags.DEFINE_string('out', None, 'Output checkpoint dir or file.'),
+  }
 
 
-def main(argv):
-  source, target, out = (flags.FLAGS[k].value for k in ('from', 'to', 'out'))
+def main(argv: list[str], flag: cli.Flags) -> None:
+  source, target, out = (flag[k].value for k in ('from', 'to', 'out'))
   if len(argv) != 2 or (source is None) == (target is None):
     raise app.UsageError('give exactly one of --from=FORMAT FILE or '
                          '--to=FORMAT CKPT_DIR, and --out')
   if not out:
     raise app.UsageError('--out is required')
-  try:
-    if source:
-      convert_from(source, argv[1], out)
-    else:
-      convert_to_torchvision(argv[1], out)
-  except (ValueError, FileNotFoundError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  if source:
+    convert_from(source, argv[1], out)
+  else:
+    convert_to_torchvision(argv[1], out)
   print(f'wrote {os.path.abspath(out)}')
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -44,6 +44,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from alexnet_jax import cli
 from alexnet_jax import cost
 from alexnet_jax import models
 from alexnet_jax import parallel
@@ -280,8 +281,8 @@ def _ints(text: str, name: str) -> list[int]:
   return values
 
 
-def _define_flags() -> dict[str, Any]:
-  """Defined only when run as a program (see alexnet_jax/cost.py)."""
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.plan`."""
   return {
       'hardware': flags.DEFINE_enum('hardware', None, sorted(HARDWARE),
                                     'Hardware preset.'),
@@ -351,6 +352,4 @@ def main(argv, flag: dict[str, Any]) -> None:
 
 
 if __name__ == '__main__':
-  _FLAGS = _define_flags()
-  flags.mark_flags_as_required(['hardware'])
-  app.run(lambda argv: main(argv, _FLAGS))
+  cli.run(main, define_flags, required=['hardware'])

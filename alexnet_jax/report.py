@@ -21,6 +21,8 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from alexnet_jax import cli
+
 ERROR = 'eval/top1_error'
 
 
@@ -155,8 +157,8 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
   return text
 
 
-def _define_flags() -> dict[str, Any]:
-  """Defined only when run as a program (see alexnet_jax/cost.py)."""
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.report`."""
   return {'out': flags.DEFINE_string('out', None, 'Report directory.'),
           'intro': flags.DEFINE_string(
               'intro', '', 'A paragraph to put above the table.'),
@@ -185,6 +187,4 @@ def main(argv, flag: dict[str, Any]) -> None:
 
 
 if __name__ == '__main__':
-  _FLAGS = _define_flags()
-  flags.mark_flags_as_required(['out'])
-  app.run(lambda argv: main(argv, _FLAGS))
+  cli.run(main, define_flags, required=['out'])

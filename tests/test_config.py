@@ -10,7 +10,7 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
 from alexnet_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,7 @@ def _config():
     ('mode.x', '--config.mode.x: config.mode has no fields'),
 ])
 def test_unknown_key_names_the_key_and_the_closest_one(path, message):
-  assert config_check.unknown_key(_config(), path) == message
+  assert cli.unknown_key(_config(), path) == message
 
 
 @pytest.mark.parametrize('module,args', [
