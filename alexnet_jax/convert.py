@@ -14,8 +14,9 @@ share that "dense" layout, so one pair of functions (`to_dense`,
 `from_dense`) covers both; each source only names its tensors.
 
 The written checkpoint is step 0 of an orbax directory (see checkpoint.py);
-its meta carries the model spec and the input conventions of the matching
-`configs/pretrained_*.py`, which `main --eval_only` and `predict` use.
+its meta carries the model spec and the input conventions of the source
+(`pretrained_config`, which `configs/pretrained_*.py` evaluate with), and
+`main --eval_only` and `predict` use them.
 """
 
 import os
@@ -29,9 +30,14 @@ import numpy as np
 
 from alexnet_jax import checkpoint
 from alexnet_jax import cli
+from alexnet_jax import defaults
 from alexnet_jax import models
 from alexnet_jax import parallel
 
+# Caffe's ImageNet mean in BGR on the 0..255 scale, as the pipeline wants it:
+# RGB on the [0, 1] scale.
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
+CAFFE_MEAN_RGB = tuple(v / 255.0 for v in CAFFE_MEAN_BGR[::-1])
 # torchvision's `alexnet`: module names of our layers in its state_dict.
 TORCHVISION_NAMES = {
     'conv1': 'features.0', 'conv2': 'features.3', 'conv3': 'features.6',
@@ -249,14 +255,30 @@ def load_caffe(path: str) -> dict[str, Any]:
 # Checkpoints.
 
 
-def pretrained_config(source: str):
-  """The eval config of `configs/pretrained_<source>.py`."""
-  # pylint: disable=g-import-not-at-top
-  from configs import pretrained_caffe
-  from configs import pretrained_torchvision
-  # pylint: enable=g-import-not-at-top
-  return {'torchvision': pretrained_torchvision,
-          'caffe': pretrained_caffe}[source].get_config()
+def pretrained_config(source: str) -> Any:
+  """The default config in the conventions `source`'s weights were trained in.
+
+  torchvision (IMAGENET1K_V1): the `owt` variant on RGB, x / 255, minus the
+  ImageNet mean, divided by the ImageNet std. Caffe (`bvlc_alexnet`): the
+  `caffe` variant (two groups = our two towers, 227 crops, unpadded conv1,
+  LRN across all 96 channels with k=1) on BGR on the 0..255 scale minus
+  Caffe's mean, no std division. Both on one device: any mode restores the
+  same checkpoint.
+  """
+  config = defaults.get_config()
+  if source == 'torchvision':
+    config.model.variant = 'owt'
+    config.input.std_rgb = defaults.IMAGENET_STD_RGB
+  elif source == 'caffe':
+    config.model.variant = 'caffe'
+    config.input.channel_order = 'BGR'
+    config.input.value_scale = 255.0
+    config.input.mean_rgb = CAFFE_MEAN_RGB
+  else:
+    raise ValueError(f'no pretrained conventions for {source!r}')
+  config.mode = 'single'
+  config.num_devices = 1
+  return config
 
 
 def save_checkpoint(params: Any, config: Any, directory: str) -> None:

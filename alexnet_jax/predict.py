@@ -24,11 +24,11 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import cli
 from alexnet_jax import convert
+from alexnet_jax import defaults
 from alexnet_jax.data import augment
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import device
-from configs import default
 
 TOP_K = 5
 _BATCH = 32  # Images per forward pass.
@@ -36,7 +36,7 @@ _BATCH = 32  # Images per forward pass.
 
 def eval_config(meta: dict[str, Any]) -> Any:
   """The default config with the checkpoint's input conventions and size."""
-  config = default.get_config()
+  config = defaults.get_config()
   config.input.update(meta['input'])
   config.model.input_size = meta['model']['input_size']
   config.dataset = meta.get('dataset', config.dataset)

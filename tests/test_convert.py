@@ -22,12 +22,12 @@ import pytest
 
 from alexnet_jax import checkpoint
 from alexnet_jax import convert
+from alexnet_jax import defaults
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import predict
 from alexnet_jax import train
-from configs import default
-from configs import pretrained_caffe
+import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(input_size=67, conv_features=(8, 16, 24, 24, 16),
@@ -292,7 +292,7 @@ def test_caffe_tensorflow_layout_gives_the_same_params(caffe_files):
 
 def test_caffe_checkpoint_restores_with_its_conventions(caffe_files):
   _, ckpt, _ = caffe_files
-  config = pretrained_caffe.get_config()
+  config = experiment_config.load('pretrained_caffe')
   spec = parallel.spec_of(config)
   mngr = checkpoint.manager(ckpt)
   restored = checkpoint.restore(mngr, 0, params_like=jax.tree.map(
@@ -446,7 +446,7 @@ def test_torchvision_convention_divides_by_std(tmp_path):
                                   predict.eval_config(meta))
   # torchvision: ToTensor (x / 255), Normalize(mean, std), centre 224 crop.
   expected = ((pixels[16:240, 16:240] / 255.0 - config.input.mean_rgb) /
-              default.IMAGENET_STD_RGB)
+              defaults.IMAGENET_STD_RGB)
   np.testing.assert_allclose(images[0], expected, atol=1e-3)
 
 
