@@ -84,10 +84,10 @@ def torch_train_step(spec, batch_size: int,
                      compile_model: bool) -> Callable[[], None]:
   """One step of the same network and SGD in PyTorch (NCHW), blocking."""
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
 
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  model = torch_alexnet.TorchAlexNet.from_spec(spec).to(device).train()
+  model = torch_reference.TorchAlexNet.from_spec(spec).to(device).train()
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
                         weight_decay=5e-4)
   images = torch.randn(batch_size, 3, spec.input_size, spec.input_size,

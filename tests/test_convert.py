@@ -354,19 +354,19 @@ def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The PyTorch mirror (benchmarks/torch_alexnet.py).
+# The PyTorch mirror (alexnet_jax/torch_reference.py).
 
 
 @pytest.mark.parametrize('variant', ['paper', 'caffe', 'owt'])
 def test_torch_mirror_computes_our_function(variant):
   torch = _torch()
-  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
   spec = dataclasses.replace(models.VARIANTS[variant], **SMALL)
   params = _he_params(spec, seed=8)
-  module = torch_alexnet.TorchAlexNet.from_spec(spec).eval()
-  torch_alexnet.load_jax_params(module, params)
+  module = torch_reference.TorchAlexNet.from_spec(spec).eval()
+  torch_reference.load_jax_params(module, params)
   jax.tree.map(np.testing.assert_array_equal,
-               torch_alexnet.jax_params(module), params)
+               torch_reference.jax_params(module), params)
   # Inputs ~100 put LRN (where the variant has it) in its nonlinear range.
   images = 100 * np.random.default_rng(9).standard_normal(
       (2, 67, 67, 3)).astype(np.float32)
@@ -376,8 +376,8 @@ def test_torch_mirror_computes_our_function(variant):
 
 def test_torch_mirror_owt_matches_torchvision_key_map():
   torch = _torch()
-  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
-  mirror = torch_alexnet.TorchAlexNet.from_spec(models.VARIANTS['owt']).eval()
+  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  mirror = torch_reference.TorchAlexNet.from_spec(models.VARIANTS['owt']).eval()
   _he_init_(torch, mirror, seed=10)
   reference = _torchvision_alexnet(torch)
   reference.load_state_dict({
