@@ -41,6 +41,7 @@ from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
 
+
 def _imagenet_like_jpeg(rng: np.random.Generator) -> bytes:
   """A photo-like 500x375 JPEG: smooth colour field plus grain, ~110 KB."""
   coarse = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 from alexnet_jax import cli
 from alexnet_jax.data import prepare
 
+
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.prepare`."""
   return {

@@ -11,6 +11,7 @@ from alexnet_jax import cli
 from alexnet_jax import models
 from alexnet_jax import parallel
 
+
 def layer_rows(spec, strategy) -> list[dict[str, Any]]:
   """`models.layer_stats` plus the mesh axes each layer's weights split over."""
   rows = models.layer_stats(spec)
