@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable
 
 from absl import flags
-from ml_collections import config_flags
 
 from alexnet_jax import cli
 
@@ -126,9 +125,7 @@ def report(name: str, times: list[float], batch_size: int,
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.benchmark`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', 'configs/two_tower.py', 'Experiment config.',
-          lock_config=True),
+      'config': cli.config_flag('configs/two_tower.py'),
       'batch_size': flags.DEFINE_integer(
           'batch_size', None, 'Global batch (default: config.batch_size).'),
       'steps': flags.DEFINE_integer('steps', 10, 'Timed steps, after warm-up.'),

@@ -30,7 +30,6 @@ import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 import tensorflow as tf
@@ -201,8 +200,7 @@ def _imagenet_like_dataset(config, root: str, flag: cli.Flags) -> str:
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.benchmark_input`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', None, 'Config file.', lock_config=False),
+      'config': cli.config_flag(lock_config=False),
       'batches': flags.DEFINE_integer('batches', 40, 'Batches to time.'),
       'warmup_batches': flags.DEFINE_integer(
           'warmup_batches', 5, 'Batches not timed.'),

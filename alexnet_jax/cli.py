@@ -24,11 +24,16 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_dict
+from ml_collections import config_flags
 
 # A tool's flags by name, as its define_flags() returns them.
 Flags = dict[str, flags.FlagHolder]
 
 CONFIG_FLAG = 'config'
+
+# --config, defined here, belongs to the tool that calls config_flag (its
+# --helpshort lists it).
+flags.disclaim_key_flags()
 
 
 def run(main: Callable[[list[str], Flags], None],
@@ -51,6 +56,14 @@ def run(main: Callable[[list[str], Flags], None],
       _exit_with_error(error)
 
   app.run(main_or_error, flags_parser=_parse_flags)
+
+
+def config_flag(default: str | None = None,
+                help_text: str = 'Experiment config file.', *,
+                lock_config: bool = True) -> flags.FlagHolder:
+  """Defines --config, the file whose --config.KEY overrides `run` checks."""
+  return config_flags.DEFINE_config_file(CONFIG_FLAG, default, help_text,
+                                         lock_config=lock_config)
 
 
 def unknown_key(config: Any, path: str) -> str | None:

@@ -35,7 +35,6 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from alexnet_jax import cli
 from alexnet_jax import hlo
@@ -469,8 +468,7 @@ def format_report(result: dict[str, Any]) -> str:
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.cost`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', None, 'Experiment config file.', lock_config=True),
+      'config': cli.config_flag(),
       'devices': flags.DEFINE_integer(
           'devices', None, 'Devices (default: config.num_devices).'),
       'batch_size': flags.DEFINE_integer(

@@ -17,7 +17,6 @@ from typing import Optional
 from absl import app
 from absl import flags
 import numpy as np
-from ml_collections import config_flags
 import tqdm
 
 from alexnet_jax import cli
@@ -70,8 +69,7 @@ def default_path(config) -> str:
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.data_stats`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', None, 'Config file.', lock_config=True),
+      'config': cli.config_flag(),
       'max_images': flags.DEFINE_integer(
           'max_images', None, 'Use at most this many training images.'),
       'out': flags.DEFINE_string(

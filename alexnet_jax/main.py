@@ -21,7 +21,6 @@ import secrets
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from alexnet_jax import cli
 
@@ -104,8 +103,7 @@ def _quiet_library_logs() -> None:
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.main`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', None, 'Experiment config file.', lock_config=True),
+      'config': cli.config_flag(),
       'workdir': flags.DEFINE_string(
           'workdir', None, 'Where logs and checkpoints go; shared by all '
           'processes on multi-host.'),

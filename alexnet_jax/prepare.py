@@ -12,7 +12,6 @@ stored images at those qualities on `--sample` training images.
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from alexnet_jax import cli
 from alexnet_jax.data import prepare
@@ -21,8 +20,7 @@ from alexnet_jax.data import prepare
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.prepare`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', None, 'Config file.', lock_config=True),
+      'config': cli.config_flag(),
       'out': flags.DEFINE_string(
           'out', None, 'Output directory (or bucket path).'),
       'quality': flags.DEFINE_integer(

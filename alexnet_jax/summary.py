@@ -5,7 +5,6 @@
 
 from typing import Any
 
-from ml_collections import config_flags
 
 from alexnet_jax import cli
 from alexnet_jax import models
@@ -37,9 +36,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.summary`."""
-  return {'config': config_flags.DEFINE_config_file(
-      'config', 'configs/two_tower.py', 'Experiment config.',
-      lock_config=True)}
+  return {'config': cli.config_flag('configs/two_tower.py')}
 
 
 def main(argv: list[str], flag: cli.Flags) -> None:

@@ -30,7 +30,6 @@ from absl import app
 from absl import flags
 import jax
 from matplotlib.figure import Figure
-from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
@@ -347,9 +346,9 @@ def plot_predictions(checkpoint_path: str, paths: Sequence[str],
 def define_flags() -> cli.Flags:
   """The flags of `python -m alexnet_jax.visualize`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', None, 'Optional experiment config whose dataset gives '
-          'the top-5 and nearest-neighbour figures.', lock_config=True),
+      'config': cli.config_flag(
+          None, 'Optional experiment config whose dataset gives the top-5 '
+          'and nearest-neighbour figures.'),
       'checkpoint': flags.DEFINE_string(
           'checkpoint', None, 'A workdir, checkpoints dir or step dir.'),
       'out': flags.DEFINE_string('out', None, 'Directory for the PNG files.'),

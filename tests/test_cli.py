@@ -28,17 +28,20 @@ def test_every_tool_runs_through_cli_run():
         'cli.run(main, define_flags'), tool
 
 
-def test_all_tools_import_together_and_define_their_flags_alone():
+def test_all_tools_import_together_and_define_their_own_flags():
   modules = [importlib.import_module(f'alexnet_jax.{tool}') for tool in TOOLS]
   for tool, module in zip(TOOLS, modules):
     before = set(flags.FLAGS)
     try:
       holders = module.define_flags()
       defined = set(flags.FLAGS) - before
+      key_flags = {f.name for f in flags.FLAGS.get_key_flags_for_module(
+          module.__name__)}
     finally:
       for name in set(flags.FLAGS) - before:
         delattr(flags.FLAGS, name)
     assert set(holders) == defined, tool
+    assert defined <= key_flags, tool  # What --helpshort lists.
     assert all(holder.name == name for name, holder in holders.items()), tool
 
 
