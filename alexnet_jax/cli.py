@@ -1,10 +1,11 @@
 """How every tool of the package runs as a program.
 
 Each `python -m alexnet_jax.<tool>` has a `define_flags()` that defines its
-flags and returns them by name, and a `main(argv, flag)`; its `__main__`
-block is `cli.run(main, define_flags, ...)`. Flags are defined only when a
-module runs as a program, so any tools can be imported together (several
-share flag names such as --config and --out).
+flags (--config through `config_flag`) and returns them by name, and a
+`main(argv, flag)`; its `__main__` block is `cli.run(main, define_flags,
+...)`. Flags are defined only when a module runs as a program, so any tools
+can be imported together (several share flag names such as --config and
+--out).
 
 `run` parses with a one-line error for a `--config.KEY=VALUE` override the
 config lacks: ml_collections raises a KeyError or an AttributeError from
