@@ -15,24 +15,10 @@ import statistics
 import time
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/two_tower.py', 'Experiment config.', lock_config=True)
-_BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch (default: '
-                              'config.batch_size).')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps, after warm-up.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps first.')
-_REFERENCE = flags.DEFINE_enum('reference', None, ['torch'],
-                               'Also time the PyTorch reference network.')
-_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False,
-                                   'Also time torch.compile of the reference.')
-_PEAK = flags.DEFINE_float('peak_tflops', None, 'Device peak for MFU (default:'
-                           ' a table of known accelerators; none on CPU).')
 
 # Dense peak TFLOP/s per device at the compute dtype.
 KNOWN_PEAKS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.0,
@@ -97,10 +83,10 @@ def torch_train_step(spec, batch_size: int,
                      compile_model: bool) -> Callable[[], None]:
   """One step of the same network and SGD in PyTorch (NCHW), blocking."""
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
 
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  model = torch_alexnet.TorchAlexNet.from_spec(spec).to(device).train()
+  model = torch_reference.TorchAlexNet.from_spec(spec).to(device).train()
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
                         weight_decay=5e-4)
   images = torch.randn(batch_size, 3, spec.input_size, spec.input_size,
@@ -136,33 +122,53 @@ def report(name: str, times: list[float], batch_size: int,
   return images_per_sec
 
 
-def main(argv):
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.benchmark`."""
+  return {
+      'config': cli.config_flag('configs/two_tower.py'),
+      'batch_size': flags.DEFINE_integer(
+          'batch_size', None, 'Global batch (default: config.batch_size).'),
+      'steps': flags.DEFINE_integer('steps', 10, 'Timed steps, after warm-up.'),
+      'warmup': flags.DEFINE_integer('warmup', 2, 'Untimed steps first.'),
+      'reference': flags.DEFINE_enum(
+          'reference', None, ['torch'],
+          'Also time the PyTorch reference network.'),
+      'torch_compile': flags.DEFINE_bool(
+          'torch_compile', False, 'Also time torch.compile of the reference.'),
+      'peak_tflops': flags.DEFINE_float(
+          'peak_tflops', None, 'Device peak for MFU (default: a table of '
+          'known accelerators; none on CPU).'),
+  }
+
+
+def main(argv: list[str], flag: cli.Flags) -> None:
   del argv
-  config = _CONFIG.value
+  config = flag['config'].value
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.request_cpu_devices(config.num_devices)
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import models  # pylint: disable=g-import-not-at-top
 
   spec = parallel.spec_of(config)
-  batch_size = _BATCH.value or config.batch_size
+  batch_size = flag['batch_size'].value or config.batch_size
   macs = sum(r['macs'] for r in models.layer_stats(spec))
   flops_per_image = 6 * macs
   device = jax.devices()[0]
-  peak = _PEAK.value or KNOWN_PEAKS.get((device.device_kind, spec.dtype))
+  peak = (flag['peak_tflops'].value or
+          KNOWN_PEAKS.get((device.device_kind, spec.dtype)))
   print(f'{config.mode} mode, {config.num_devices} x {device.device_kind}, '
         f'batch {batch_size}, {spec.input_size}px, {spec.dtype}, '
         f'{flops_per_image / 1e9:.2f} GFLOP per training image, jax '
         f'{jax.__version__}')
   jax_name = f'jax {config.mode}'
   steps = {jax_name: jax_train_step(config, batch_size)}
-  if _REFERENCE.value == 'torch':
+  if flag['reference'].value == 'torch':
     import torch  # pylint: disable=g-import-not-at-top
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
     steps['torch eager'] = torch_train_step(spec, batch_size, False)
-    if _TORCH_COMPILE.value:
+    if flag['torch_compile'].value:
       steps['torch compile'] = torch_train_step(spec, batch_size, True)
-  times = time_interleaved(steps, _STEPS.value, _WARMUP.value)
+  times = time_interleaved(steps, flag['steps'].value, flag['warmup'].value)
   rates = {name: report(name, t, batch_size, flops_per_image, peak,
                         config.num_devices if name == jax_name else 1)
            for name, t in times.items()}
@@ -173,4 +179,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main, define_flags)

@@ -30,30 +30,15 @@ import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
 from alexnet_jax.data import augment
 from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                          lock_config=False)
-_BATCHES = flags.DEFINE_integer('batches', 40, 'Batches to time.')
-_WARMUP = flags.DEFINE_integer('warmup_batches', 5, 'Batches not timed.')
-_IMAGENET_LIKE = flags.DEFINE_integer(
-    'imagenet_like', 0, 'Benchmark on this many generated 500x375 JPEGs.')
-_DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'Where --imagenet_like writes (and reuses) its files.')
-_PREPARE = flags.DEFINE_bool(
-    'prepare', False, 'With --imagenet_like: read a prepared copy.')
-_STAGES = flags.DEFINE_bool('stages', False, 'Time each stage too.')
-_RESUME = flags.DEFINE_bool('resume', False,
-                            'Time resuming at the worst position.')
 
 
 def _imagenet_like_jpeg(rng: np.random.Generator) -> bytes:
@@ -173,17 +158,18 @@ def stage_rates(config, count: int) -> dict[str, float]:
   return {name: _stage_rate(config, fn, count) for name, fn in stages.items()}
 
 
-def _report(config) -> float:
-  if _STAGES.value:
-    count = min(_BATCHES.value * config.batch_size,
+def _report(config, flag: cli.Flags) -> float:
+  if flag['stages'].value:
+    count = min(flag['batches'].value * config.batch_size,
                 sources.num_train_examples(config))
     for name, rate in stage_rates(config, count).items():
       print(f'  stage {name:26s} {rate:8.1f} images/s')
-  if _RESUME.value:
+  if flag['resume'].value:
     fresh, worst = time_resume(config)
     print(f'first batch: {fresh:.2f} s from the start, {worst:.2f} s from the '
           'worst resume position')
-  timing = time_train_iterator(config, _BATCHES.value, _WARMUP.value)
+  timing = time_train_iterator(config, flag['batches'].value,
+                               flag['warmup_batches'].value)
   rate = timing['rate']
   print(f'{config.dataset}: {rate:.1f} images/s, {rate / _cores():.1f} per '
         f'core ({_cores()} cores, batch {config.batch_size}, '
@@ -195,12 +181,13 @@ def _report(config) -> float:
   return rate
 
 
-def _imagenet_like_dataset(config, root: str) -> str:
-  size = write_imagenet_like(os.path.join(root, 'raw'), _IMAGENET_LIKE.value)
-  print(f'{_IMAGENET_LIKE.value} ImageNet-like JPEGs, 500x375, mean '
+def _imagenet_like_dataset(config, root: str, flag: cli.Flags) -> str:
+  count = flag['imagenet_like'].value
+  size = write_imagenet_like(os.path.join(root, 'raw'), count)
+  print(f'{count} ImageNet-like JPEGs, 500x375, mean '
         f'{size / 1e3:.0f} KB, in {root}/raw')
   raw = f'folder:{os.path.join(root, "raw")}'
-  if not _PREPARE.value:
+  if not flag['prepare'].value:
     return raw
   from alexnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
   prepared = os.path.join(root, 'prepared')
@@ -210,21 +197,43 @@ def _imagenet_like_dataset(config, root: str) -> str:
   return f'prepared:{prepared}'
 
 
-def main(argv) -> None:
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.benchmark_input`."""
+  return {
+      'config': cli.config_flag(lock_config=False),
+      'batches': flags.DEFINE_integer('batches', 40, 'Batches to time.'),
+      'warmup_batches': flags.DEFINE_integer(
+          'warmup_batches', 5, 'Batches not timed.'),
+      'imagenet_like': flags.DEFINE_integer(
+          'imagenet_like', 0,
+          'Benchmark on this many generated 500x375 JPEGs.'),
+      'data_dir': flags.DEFINE_string(
+          'data_dir', None,
+          'Where --imagenet_like writes (and reuses) its files.'),
+      'prepare': flags.DEFINE_bool(
+          'prepare', False, 'With --imagenet_like: read a prepared copy.'),
+      'stages': flags.DEFINE_bool('stages', False, 'Time each stage too.'),
+      'resume': flags.DEFINE_bool(
+          'resume', False, 'Time resuming at the worst position.'),
+  }
+
+
+def main(argv: list[str], flag: cli.Flags) -> None:
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  config = _CONFIG.value
-  if not _IMAGENET_LIKE.value:
-    rate = _report(config)
-  elif _DATA_DIR.value:
-    config.dataset = _imagenet_like_dataset(config, _DATA_DIR.value)
-    rate = _report(config)
+  config = flag['config'].value
+  if not flag['imagenet_like'].value:
+    rate = _report(config, flag)
+  elif flag['data_dir'].value:
+    config.dataset = _imagenet_like_dataset(config, flag['data_dir'].value,
+                                            flag)
+    rate = _report(config, flag)
   else:
     with tempfile.TemporaryDirectory() as root:
-      config.dataset = _imagenet_like_dataset(config, root)
-      rate = _report(config)
+      config.dataset = _imagenet_like_dataset(config, root, flag)
+      rate = _report(config, flag)
   print(f'images_per_sec_per_core {rate / _cores():.1f}')
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main, define_flags)

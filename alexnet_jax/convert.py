@@ -14,13 +14,13 @@ share that "dense" layout, so one pair of functions (`to_dense`,
 `from_dense`) covers both; each source only names its tensors.
 
 The written checkpoint is step 0 of an orbax directory (see checkpoint.py);
-its meta carries the model spec and the input conventions of the matching
-`configs/pretrained_*.py`, which `main --eval_only` and `predict` use.
+its meta carries the model spec and the input conventions of the source
+(`pretrained_config`, which `configs/pretrained_*.py` evaluate with), and
+`main --eval_only` and `predict` use them.
 """
 
 import os
 import pickle
-import sys
 from typing import Any
 
 from absl import app
@@ -29,9 +29,15 @@ import jax
 import numpy as np
 
 from alexnet_jax import checkpoint
+from alexnet_jax import cli
+from alexnet_jax import defaults
 from alexnet_jax import models
 from alexnet_jax import parallel
 
+# Caffe's ImageNet mean in BGR on the 0..255 scale, as the pipeline wants it:
+# RGB on the [0, 1] scale.
+CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
+CAFFE_MEAN_RGB = tuple(v / 255.0 for v in CAFFE_MEAN_BGR[::-1])
 # torchvision's `alexnet`: module names of our layers in its state_dict.
 TORCHVISION_NAMES = {
     'conv1': 'features.0', 'conv2': 'features.3', 'conv3': 'features.6',
@@ -249,14 +255,30 @@ def load_caffe(path: str) -> dict[str, Any]:
 # Checkpoints.
 
 
-def pretrained_config(source: str):
-  """The eval config of `configs/pretrained_<source>.py`."""
-  # pylint: disable=g-import-not-at-top
-  from configs import pretrained_caffe
-  from configs import pretrained_torchvision
-  # pylint: enable=g-import-not-at-top
-  return {'torchvision': pretrained_torchvision,
-          'caffe': pretrained_caffe}[source].get_config()
+def pretrained_config(source: str) -> Any:
+  """The default config in the conventions `source`'s weights were trained in.
+
+  torchvision (IMAGENET1K_V1): the `owt` variant on RGB, x / 255, minus the
+  ImageNet mean, divided by the ImageNet std. Caffe (`bvlc_alexnet`): the
+  `caffe` variant (two groups = our two towers, 227 crops, unpadded conv1,
+  LRN across all 96 channels with k=1) on BGR on the 0..255 scale minus
+  Caffe's mean, no std division. Both on one device: any mode restores the
+  same checkpoint.
+  """
+  config = defaults.get_config()
+  if source == 'torchvision':
+    config.model.variant = 'owt'
+    config.input.std_rgb = defaults.IMAGENET_STD_RGB
+  elif source == 'caffe':
+    config.model.variant = 'caffe'
+    config.input.channel_order = 'BGR'
+    config.input.value_scale = 255.0
+    config.input.mean_rgb = CAFFE_MEAN_RGB
+  else:
+    raise ValueError(f'no pretrained conventions for {source!r}')
+  config.mode = 'single'
+  config.num_devices = 1
+  return config
 
 
 def save_checkpoint(params: Any, config: Any, directory: str) -> None:
@@ -304,35 +326,32 @@ def convert_to_torchvision(path: str, out: str) -> None:
   save_torchvision(to_torchvision(params, spec), out)
 
 
-def define_flags() -> None:
-  """The command line's flags (only when run as a program: predict's
-  `--out` would clash in a process that imports both)."""
-  flags.DEFINE_enum('from', None, ['torchvision', 'caffe'], 'Convert this '
-                    'format (file given as argument) into a checkpoint at '
-                    '--out.')
-  flags.DEFINE_enum('to', None, ['torchvision'], 'Convert the checkpoint '
-                    'given as argument into this format at --out.')
-  flags.DEFINE_string('out', None, 'Output checkpoint dir or file.')
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.convert`."""
+  return {
+      'from': flags.DEFINE_enum(
+          'from', None, ['torchvision', 'caffe'], 'Convert this format (file '
+          'given as argument) into a checkpoint at --out.'),
+      'to': flags.DEFINE_enum(
+          'to', None, ['torchvision'], 'Convert the checkpoint given as '
+          'argument into this format at --out.'),
+      'out': flags.DEFINE_string('out', None, 'Output checkpoint dir or file.'),
+  }
 
 
-def main(argv):
-  source, target, out = (flags.FLAGS[k].value for k in ('from', 'to', 'out'))
+def main(argv: list[str], flag: cli.Flags) -> None:
+  source, target, out = (flag[k].value for k in ('from', 'to', 'out'))
   if len(argv) != 2 or (source is None) == (target is None):
     raise app.UsageError('give exactly one of --from=FORMAT FILE or '
                          '--to=FORMAT CKPT_DIR, and --out')
   if not out:
     raise app.UsageError('--out is required')
-  try:
-    if source:
-      convert_from(source, argv[1], out)
-    else:
-      convert_to_torchvision(argv[1], out)
-  except (ValueError, FileNotFoundError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  if source:
+    convert_from(source, argv[1], out)
+  else:
+    convert_to_torchvision(argv[1], out)
   print(f'wrote {os.path.abspath(out)}')
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -30,15 +30,13 @@ import dataclasses
 import json
 import math
 import re
-import sys
 import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
 from alexnet_jax import hlo
 from alexnet_jax import parallel
 
@@ -460,12 +458,10 @@ def format_report(result: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _define_flags() -> dict[str, Any]:
-  """Command-line flags; defined only when run as a program, so that the
-  module can be imported beside other entry points that define --config."""
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.cost`."""
   return {
-      'config': config_flags.DEFINE_config_file(
-          'config', None, 'Experiment config file.', lock_config=True),
+      'config': cli.config_flag(),
       'devices': flags.DEFINE_integer(
           'devices', None, 'Devices (default: config.num_devices).'),
       'batch_size': flags.DEFINE_integer(
@@ -520,33 +516,29 @@ def compile_devices(num_devices: int) -> list[Any]:
   return devices if len(devices) >= num_devices else jax.devices('cpu')
 
 
-def main(argv, flag: dict[str, Any]) -> None:
+def main(argv: list[str], flag: cli.Flags) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = flag['config'].value
   batch = flag['batch_size'].value or config.batch_size
   analytical_only = flag['analytical_only'].value
   spec = parallel.spec_of(config)
-  try:
-    devices = None
-    if flag['topology'].value and not analytical_only:
-      from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
-      jax_on_cpu()
-      devices = topology.topology_devices(flag['topology'].value)
-    num_devices = (flag['devices'].value
-                   or (len(devices) if devices else config.num_devices))
-    if not analytical_only and devices is None:
-      devices = compile_devices(num_devices)
-    fc_shards = flag['fc_shards'].value
-    if devices and fc_shards is None:
-      fc_shards = parallel.devices_per_host(
-          parallel.placement_order(devices), num_devices)
-    parallel.validate(config.mode, num_devices, spec, batch,
-                      len(devices) if devices else num_devices,
-                      fc_shards or 1)
-  except ValueError as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  devices = None
+  if flag['topology'].value and not analytical_only:
+    from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
+    jax_on_cpu()
+    devices = topology.topology_devices(flag['topology'].value)
+  num_devices = (flag['devices'].value
+                 or (len(devices) if devices else config.num_devices))
+  if not analytical_only and devices is None:
+    devices = compile_devices(num_devices)
+  fc_shards = flag['fc_shards'].value
+  if devices and fc_shards is None:
+    fc_shards = parallel.devices_per_host(
+        parallel.placement_order(devices), num_devices)
+  parallel.validate(config.mode, num_devices, spec, batch,
+                    len(devices) if devices else num_devices,
+                    fc_shards or 1)
   net = net_shape(spec)
   measured = (None if analytical_only
               else measure(config, config.mode, num_devices, batch, devices,
@@ -569,7 +561,4 @@ def main(argv, flag: dict[str, Any]) -> None:
 
 
 if __name__ == '__main__':
-  _FLAGS = _define_flags()
-  flags.mark_flags_as_required(['config'])
-  app.run(lambda argv: main(argv, _FLAGS),
-          flags_parser=config_check.parse_flags)
+  cli.run(main, define_flags, required=['config'])

@@ -17,18 +17,12 @@ from typing import Optional
 from absl import app
 from absl import flags
 import numpy as np
-from ml_collections import config_flags
 import tqdm
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                          lock_config=True)
-_MAX_IMAGES = flags.DEFINE_integer('max_images', None,
-                                   'Use at most this many training images.')
-_OUT = flags.DEFINE_string('out', None, 'Output .npz (default: printed).')
 _BATCH = 64
 
 
@@ -72,12 +66,23 @@ def default_path(config) -> str:
   return os.path.abspath(f'stats_{name}_r{config.input.resize_size}.npz')
 
 
-def main(argv) -> None:
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.data_stats`."""
+  return {
+      'config': cli.config_flag(),
+      'max_images': flags.DEFINE_integer(
+          'max_images', None, 'Use at most this many training images.'),
+      'out': flags.DEFINE_string(
+          'out', None, 'Output .npz (default: printed).'),
+  }
+
+
+def main(argv: list[str], flag: cli.Flags) -> None:
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  config = _CONFIG.value
-  stats = compute_stats(config, _MAX_IMAGES.value)
-  out = _OUT.value or default_path(config)
+  config = flag['config'].value
+  stats = compute_stats(config, flag['max_images'].value)
+  out = flag['out'].value or default_path(config)
   np.savez(out, **stats)
   print(f'images: {int(stats["num_images"])}')
   for key in ('mean_rgb', 'eigval', 'eigvec'):
@@ -86,4 +91,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main, define_flags)

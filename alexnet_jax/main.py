@@ -15,56 +15,26 @@ writes logs, metrics and DIR/config.json.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
 from alexnet_jax import multihost
 from alexnet_jax import parallel
 from alexnet_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where logs and checkpoints '
-                               'go; shared by all processes on multi-host.')
-_EVAL_ONLY = flags.DEFINE_bool('eval_only', False,
-                               'Evaluate a checkpoint instead of training.')
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'With --eval_only: a workdir, checkpoints dir or step '
-    'dir (default: the latest in --workdir).')
-_DRY_RUN = flags.DEFINE_bool(
-    'dry_run', False, 'Compile the train and eval steps for the configured '
-    'mesh, print placement and memory per device, and exit.')
-_TOPOLOGY = flags.DEFINE_string(
-    'topology', None, 'With --dry_run: compile for this TPU slice (e.g. '
-    "v5e:4x4) instead of this host's devices; needs only the TPU runtime.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() (multi-host). '
-    'Without the three flags below it reads the cluster environment '
-    '(Cloud TPU, SLURM, Open MPI; JAX_COORDINATOR_ADDRESS).')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'With --distributed: host:port of process '
-    '0, reachable from every process.')
-_NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'With --distributed: how many processes in all.')
-_PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'With --distributed: this process, 0..num_processes-1.')
-
-
-def _start_jax(num_devices: int) -> None:
+def _start_jax(num_devices: int, flag: cli.Flags) -> None:
   """Before any JAX backend starts: the compilation cache, then this
   process's devices (with --distributed, its share of them)."""
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # Recompile only once.
     jax.config.update('jax_compilation_cache_dir',
                       os.path.expanduser('~/.cache/alexnet_jax/xla'))
-  if _DISTRIBUTED.value:
-    multihost.initialize(num_devices, _COORDINATOR.value,
-                         _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if flag['distributed'].value:
+    multihost.initialize(num_devices, flag['coordinator_address'].value,
+                         flag['num_processes'].value, flag['process_id'].value)
   else:
     parallel.request_cpu_devices(num_devices)
 
@@ -76,13 +46,9 @@ def _write_config(config, workdir: str) -> None:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def _dry_run(config) -> None:
+def _dry_run(config, topology_name: str | None) -> None:
   from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
-  try:
-    print('\n'.join(topology.dry_run(config, _TOPOLOGY.value)))
-  except ValueError as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  print('\n'.join(topology.dry_run(config, topology_name)))
 
 
 def _quiet_library_logs() -> None:
@@ -92,36 +58,67 @@ def _quiet_library_logs() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def main(argv):
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.main`."""
+  return {
+      'config': cli.config_flag(),
+      'workdir': flags.DEFINE_string(
+          'workdir', None, 'Where logs and checkpoints go; shared by all '
+          'processes on multi-host.'),
+      'eval_only': flags.DEFINE_bool(
+          'eval_only', False, 'Evaluate a checkpoint instead of training.'),
+      'checkpoint': flags.DEFINE_string(
+          'checkpoint', None, 'With --eval_only: a workdir, checkpoints dir '
+          'or step dir (default: the latest in --workdir).'),
+      'dry_run': flags.DEFINE_bool(
+          'dry_run', False, 'Compile the train and eval steps for the '
+          'configured mesh, print placement and memory per device, and '
+          'exit.'),
+      'topology': flags.DEFINE_string(
+          'topology', None, 'With --dry_run: compile for this TPU slice (e.g. '
+          "v5e:4x4) instead of this host's devices; needs only the TPU "
+          'runtime.'),
+      'distributed': flags.DEFINE_bool(
+          'distributed', False, 'Call jax.distributed.initialize() '
+          '(multi-host). Without the three flags below it reads the cluster '
+          'environment (Cloud TPU, SLURM, Open MPI; JAX_COORDINATOR_ADDRESS).'),
+      'coordinator_address': flags.DEFINE_string(
+          'coordinator_address', None, 'With --distributed: host:port of '
+          'process 0, reachable from every process.'),
+      'num_processes': flags.DEFINE_integer(
+          'num_processes', None,
+          'With --distributed: how many processes in all.'),
+      'process_id': flags.DEFINE_integer(
+          'process_id', None,
+          'With --distributed: this process, 0..num_processes-1.'),
+  }
+
+
+def main(argv: list[str], flag: cli.Flags) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _DRY_RUN.value:
-    _dry_run(_CONFIG.value)
+  config, workdir = flag['config'].value, flag['workdir'].value
+  if flag['dry_run'].value:
+    _dry_run(config, flag['topology'].value)
     return
-  if not (_WORKDIR.value or (_EVAL_ONLY.value and _CHECKPOINT.value)):
+  eval_only, checkpoint_path = flag['eval_only'].value, flag['checkpoint'].value
+  if not (workdir or (eval_only and checkpoint_path)):
     raise app.UsageError('--workdir is required (or --eval_only with '
                          '--checkpoint)')
-  config = _CONFIG.value
-  _start_jax(config.num_devices)
+  _start_jax(config.num_devices, flag)
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   _quiet_library_logs()
-  try:
-    if jax.process_count() > 1 and _WORKDIR.value:
-      multihost.check_shared_workdir(_WORKDIR.value)
-    if _EVAL_ONLY.value:
-      train.evaluate_checkpoint(config, _CHECKPOINT.value or _WORKDIR.value,
-                                _WORKDIR.value)
-    else:
-      if jax.process_index() == 0 and _WORKDIR.value:
-        _write_config(config, _WORKDIR.value)
-      train.train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, OSError, FloatingPointError) as error:
-    logging.debug('full traceback', exc_info=True)  # Shown with -v=1.
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  if jax.process_count() > 1 and workdir:
+    multihost.check_shared_workdir(workdir)
+  if eval_only:
+    train.evaluate_checkpoint(config, checkpoint_path or workdir, workdir)
+  else:
+    if jax.process_index() == 0 and workdir:
+      _write_config(config, workdir)
+    train.train_and_evaluate(config, workdir)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main, define_flags, required=['config'],
+          errors=(ValueError, OSError, FloatingPointError))

@@ -123,7 +123,7 @@ VARIANTS = {
 def spec_field_types() -> dict[str, type]:
   """Every AlexNetSpec field and its plain type (tuple for the widths).
 
-  configs/default.py builds `config.model` from this, so every field can be
+  alexnet_jax/defaults.py builds `config.model` from this, so every field can be
   set from a config file or the command line.
   """
   return {f.name: typing.get_origin(f.type) or f.type

@@ -44,6 +44,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from alexnet_jax import cli
 from alexnet_jax import cost
 from alexnet_jax import models
 from alexnet_jax import parallel
@@ -313,8 +314,8 @@ def _ints(text: str, name: str) -> list[int]:
   return values
 
 
-def _define_flags() -> dict[str, Any]:
-  """Defined only when run as a program (see alexnet_jax/cost.py)."""
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.plan`."""
   return {
       'hardware': flags.DEFINE_enum('hardware', None, sorted(HARDWARE),
                                     'Hardware preset.'),
@@ -352,27 +353,22 @@ def main(argv, flag: dict[str, Any]) -> None:
         sources=hw.sources + f' Overridden: one-device step '
         f'{flag["step_seconds"].value} s (--step_seconds).')
   spec = models.VARIANTS[flag['variant'].value or hw.step_variant]
-  try:
-    modes = [m for m in flag['modes'].value.split(',') if m]
-    for mode in modes:
-      if mode not in parallel.MODES:
-        raise ValueError(f'--modes: unknown {mode!r}; choose from '
-                         f'{parallel.MODES}')
-    counts = _ints(flag['devices'].value, 'devices')
-    net = cost.net_shape(spec)
-    reference = cost.net_shape(models.VARIANTS[hw.step_variant])
-    rate = flop_rate(hw, hw.step_seconds, hw.step_batch, reference)
-    rows, skipped = plan(hw, modes, counts, net, spec, rate,
-                         flag['batch_per_device'].value,
-                         flag['global_batch'].value)
-  except ValueError as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  modes = [m for m in flag['modes'].value.split(',') if m]
+  for mode in modes:
+    if mode not in parallel.MODES:
+      raise ValueError(f'--modes: unknown {mode!r}; choose from '
+                       f'{parallel.MODES}')
+  counts = _ints(flag['devices'].value, 'devices')
+  net = cost.net_shape(spec)
+  reference = cost.net_shape(models.VARIANTS[hw.step_variant])
+  rate = flop_rate(hw, hw.step_seconds, hw.step_batch, reference)
+  rows, skipped = plan(hw, modes, counts, net, spec, rate,
+                       flag['batch_per_device'].value,
+                       flag['global_batch'].value)
   for reason in skipped:
     print(f'skipped: {reason}', file=sys.stderr)
   if not rows:
-    print('error: no valid (mode, devices) pair to project', file=sys.stderr)
-    sys.exit(1)
+    raise ValueError('no valid (mode, devices) pair to project')
   print('\n'.join(lines(rows)))
   text = markdown(rows, hw)
   print('\n' + text)
@@ -384,6 +380,4 @@ def main(argv, flag: dict[str, Any]) -> None:
 
 
 if __name__ == '__main__':
-  _FLAGS = _define_flags()
-  flags.mark_flags_as_required(['hardware'])
-  app.run(lambda argv: main(argv, _FLAGS))
+  cli.run(main, define_flags, required=['hardware'])

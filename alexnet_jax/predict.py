@@ -13,7 +13,6 @@ class order torchvision and Caffe use too); otherwise classes are printed by
 index.
 """
 
-import sys
 from typing import Any, Sequence
 
 from absl import app
@@ -23,12 +22,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import cli
 from alexnet_jax import convert
+from alexnet_jax import defaults
 from alexnet_jax.data import augment
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.data import device
-from configs import default
 
 TOP_K = 5
 _BATCH = 32  # Images per forward pass.
@@ -36,7 +36,7 @@ _BATCH = 32  # Images per forward pass.
 
 def eval_config(meta: dict[str, Any]) -> Any:
   """The default config with the checkpoint's input conventions and size."""
-  config = default.get_config()
+  config = defaults.get_config()
   config.input.update(meta['input'])
   config.model.input_size = meta['model']['input_size']
   config.dataset = meta.get('dataset', config.dataset)
@@ -130,35 +130,33 @@ def predict(checkpoint_path: str, paths: Sequence[str]
   return logits, names, class_names(config.dataset, spec.num_classes)
 
 
-def define_flags() -> None:
-  """The command line's flags (only when run as a program, as convert's)."""
-  flags.DEFINE_string('checkpoint', None,
-                      'A workdir, checkpoints dir or step dir.')
-  flags.DEFINE_string('out', None, 'Also save the logits (input order) and '
-                      'input names to this .npz file.')
-  flags.DEFINE_string('plot', None, 'Also draw each image with its top-5 '
-                      'classes as bars into this PNG file.')
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.predict`."""
+  return {
+      'checkpoint': flags.DEFINE_string(
+          'checkpoint', None, 'A workdir, checkpoints dir or step dir.'),
+      'out': flags.DEFINE_string(
+          'out', None, 'Also save the logits (input order) and input names '
+          'to this .npz file.'),
+      'plot': flags.DEFINE_string(
+          'plot', None, 'Also draw each image with its top-5 classes as bars '
+          'into this PNG file.'),
+  }
 
 
-def main(argv):
-  ckpt, out = flags.FLAGS.checkpoint, flags.FLAGS.out
+def main(argv: list[str], flag: cli.Flags) -> None:
+  ckpt, out, plot = (flag[k].value for k in ('checkpoint', 'out', 'plot'))
   if len(argv) < 2 or not ckpt:
     raise app.UsageError('usage: predict --checkpoint=CKPT_DIR FILE...')
-  try:
-    logits, names, labels = predict(ckpt, argv[1:])
-  except (ValueError, FileNotFoundError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  logits, names, labels = predict(ckpt, argv[1:])
   for name, row in zip(names, logits):
     print('\n'.join(top_k_lines(name, row, labels)))
   if out:
     np.savez(out, logits=logits, inputs=np.array(names))
-  if flags.FLAGS.plot:
+  if plot:
     from alexnet_jax import visualize  # pylint: disable=g-import-not-at-top
-    visualize.plot_predictions(ckpt, argv[1:], names, logits, labels,
-                               flags.FLAGS.plot)
+    visualize.plot_predictions(ckpt, argv[1:], names, logits, labels, plot)
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

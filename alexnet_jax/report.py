@@ -16,11 +16,12 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 from typing import Any
 
 from absl import app
 from absl import flags
+
+from alexnet_jax import cli
 
 ERROR = 'eval/top1_error'
 
@@ -156,8 +157,8 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
   return text
 
 
-def _define_flags() -> dict[str, Any]:
-  """Defined only when run as a program (see alexnet_jax/cost.py)."""
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.report`."""
   return {'out': flags.DEFINE_string('out', None, 'Report directory.'),
           'intro': flags.DEFINE_string(
               'intro', '', 'A paragraph to put above the table.'),
@@ -179,13 +180,8 @@ def main(argv, flag: dict[str, Any]) -> None:
       raise app.UsageError(f'--scaling: {sorted(unknown)} unknown; choose '
                            f'from {sorted(plan.HARDWARE)}')
     cost.jax_on_cpu()
-    try:
-      text = scaling.write(flag['scaling'].value, flag['out'].value,
-                           flag['cost_json'].value, intro=flag['intro'].value)
-    except ValueError as error:
-      print(f'error: {error}', file=sys.stderr)
-      sys.exit(1)
-    print(text)
+    print(scaling.write(flag['scaling'].value, flag['out'].value,
+                        flag['cost_json'].value, intro=flag['intro'].value))
     return
   if len(argv) < 2:
     raise app.UsageError('give at least one workdir')
@@ -193,6 +189,4 @@ def main(argv, flag: dict[str, Any]) -> None:
 
 
 if __name__ == '__main__':
-  _FLAGS = _define_flags()
-  flags.mark_flags_as_required(['out'])
-  app.run(lambda argv: main(argv, _FLAGS))
+  cli.run(main, define_flags, required=['out'])

@@ -5,15 +5,10 @@
 
 from typing import Any
 
-from absl import app
-from ml_collections import config_flags
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
 from alexnet_jax import models
 from alexnet_jax import parallel
-
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/two_tower.py',
-                                          'Experiment config.', lock_config=True)
 
 
 def layer_rows(spec, strategy) -> list[dict[str, Any]]:
@@ -39,9 +34,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.summary`."""
+  return {'config': cli.config_flag('configs/two_tower.py')}
+
+
+def main(argv: list[str], flag: cli.Flags) -> None:
   del argv
-  config = _CONFIG.value
+  config = flag['config'].value
   parallel.request_cpu_devices(config.num_devices)
   strategy = parallel.strategy_from_config(config)
   spec = parallel.spec_of(config)
@@ -52,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main, define_flags)

@@ -24,19 +24,17 @@ one device.
 import dataclasses
 import math
 import os
-import sys
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 import jax
 from matplotlib.figure import Figure
-from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import checkpoint
-from alexnet_jax import config_check
+from alexnet_jax import cli
 from alexnet_jax import convert
 from alexnet_jax import models
 from alexnet_jax import parallel
@@ -345,42 +343,47 @@ def plot_predictions(checkpoint_path: str, paths: Sequence[str],
             names=labels, titles=titles)
 
 
-def define_flags() -> None:
-  """The command line's flags (only when run as a program)."""
-  config_flags.DEFINE_config_file(
-      'config', None, 'Optional experiment config whose dataset gives the '
-      'top-5 and nearest-neighbour figures.', lock_config=True)
-  flags.DEFINE_string('checkpoint', None,
-                      'A workdir, checkpoints dir or step dir.')
-  flags.DEFINE_string('out', None, 'Directory for the PNG files.')
-  flags.DEFINE_integer('max_train_images', 2000, 'Training images searched '
-                       'for neighbours (epoch 0 order).')
-  flags.DEFINE_integer('max_val_images', 500, 'Validation images read; '
-                       'queries and top-5 images are spread over them.')
-  flags.DEFINE_integer('num_queries', 5, 'Validation images in the '
-                       'nearest-neighbour figure.')
-  flags.DEFINE_integer('num_neighbors', 6, 'Neighbours per query.')
-  flags.DEFINE_integer('num_top5', 8, 'Images in the top-5 figure.')
-  flags.DEFINE_enum('distance', 'l2', DISTANCES, 'Distance between fc7 '
-                    'vectors: Euclidean or one minus the cosine similarity.')
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.visualize`."""
+  return {
+      'config': cli.config_flag(
+          None, 'Optional experiment config whose dataset gives the top-5 '
+          'and nearest-neighbour figures.'),
+      'checkpoint': flags.DEFINE_string(
+          'checkpoint', None, 'A workdir, checkpoints dir or step dir.'),
+      'out': flags.DEFINE_string('out', None, 'Directory for the PNG files.'),
+      'max_train_images': flags.DEFINE_integer(
+          'max_train_images', 2000,
+          'Training images searched for neighbours (epoch 0 order).'),
+      'max_val_images': flags.DEFINE_integer(
+          'max_val_images', 500, 'Validation images read; queries and top-5 '
+          'images are spread over them.'),
+      'num_queries': flags.DEFINE_integer(
+          'num_queries', 5,
+          'Validation images in the nearest-neighbour figure.'),
+      'num_neighbors': flags.DEFINE_integer(
+          'num_neighbors', 6, 'Neighbours per query.'),
+      'num_top5': flags.DEFINE_integer(
+          'num_top5', 8, 'Images in the top-5 figure.'),
+      'distance': flags.DEFINE_enum(
+          'distance', 'l2', DISTANCES, 'Distance between fc7 vectors: '
+          'Euclidean or one minus the cosine similarity.'),
+  }
 
 
-def main(argv):
+def main(argv: list[str], flag: cli.Flags) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  if not f.checkpoint or not f.out:
+  value = {name: holder.value for name, holder in flag.items()}
+  if not value['checkpoint'] or not value['out']:
     raise app.UsageError('usage: visualize --checkpoint=CKPT --out=DIR '
                          '[--config=CONFIG]')
-  try:
-    result = visualize(
-        f.checkpoint, f.out, f.config, max_train_images=f.max_train_images,
-        max_val_images=f.max_val_images, num_queries=f.num_queries,
-        num_neighbors=f.num_neighbors, num_top5=f.num_top5,
-        distance=f.distance)
-  except (ValueError, OSError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+  result = visualize(
+      value['checkpoint'], value['out'], value['config'],
+      max_train_images=value['max_train_images'],
+      max_val_images=value['max_val_images'],
+      num_queries=value['num_queries'], num_neighbors=value['num_neighbors'],
+      num_top5=value['num_top5'], distance=value['distance'])
   print('color_specificity ' + ' '.join(
       f'{s:.4f}' for s in result['color_specificity']))
   if 'train_images' in result:
@@ -392,5 +395,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main, flags_parser=config_check.parse_flags)
+  cli.run(main, define_flags)

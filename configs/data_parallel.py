@@ -1,9 +1,9 @@
 """Data parallelism: the two-tower net replicated, the batch split."""
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.mode = 'data'
   return config

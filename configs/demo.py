@@ -3,11 +3,11 @@ devices, on the generated synthetic shapes. Small enough for a laptop CPU:
 112x112 crops of 128x128 images, narrow layers, 400 steps of 64 (8.5 epochs).
 """
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.dataset = 'synthetic'
   config.input.resize_size = 128
   config.input.shuffle_buffer = 4096
@@ -17,7 +17,7 @@ def get_config():
   config.model.fc_features = (512, 512)
   # N(0, 0.01) leaves a net this narrow at ln(10) for hundreds of steps.
   config.model.init = 'he'
-  config.input.std_rgb = default.IMAGENET_STD_RGB
+  config.input.std_rgb = defaults.IMAGENET_STD_RGB
   config.batch_size = 64
   config.eval_batch_size = 100
   config.num_train_steps = 400

@@ -4,11 +4,11 @@ across hosts (`data` axis). 16 devices: a v5e:4x4 slice (4 hosts of 4
 chips) or two 8-GPU nodes. Batch and learning rate scaled linearly from the
 paper's 128 and 0.01, as OWT did (SPEC.md section 5)."""
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.variant = 'owt'
   config.mode = 'hybrid_2d'
   config.num_devices = 16

@@ -13,23 +13,12 @@ Caffe reports 42.9% / 19.8% top-1 / top-5 error with the centre crop
 aspect ratio, so the figures can differ slightly.
 """
 
-from configs import default
-
-# Caffe's ImageNet mean in BGR on the 0..255 scale, as the pipeline wants it:
-# RGB on the [0, 1] scale.
-CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
-CAFFE_MEAN_RGB = tuple(v / 255.0 for v in CAFFE_MEAN_BGR[::-1])
+from alexnet_jax import convert
 
 
 def get_config():
-  config = default.get_config()
-  config.model.variant = 'caffe'
-  config.input.channel_order = 'BGR'
-  config.input.value_scale = 255.0
-  config.input.mean_rgb = CAFFE_MEAN_RGB
-  # Both towers on one device; --config.mode=tower --config.num_devices=2
-  # splits them as the paper did.
-  config.mode = 'single'
-  config.num_devices = 1
+  # On one device; --config.mode=tower --config.num_devices=2 splits the
+  # towers as the paper did.
+  config = convert.pretrained_config('caffe')
   config.eval_ten_crop = True
   return config

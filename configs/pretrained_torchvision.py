@@ -11,15 +11,10 @@ ImageNet std; shorter side 256, centre 224 crop. torchvision reports 43.48%
 / 20.93% top-1 / top-5 error with the centre crop (SPEC.md section 4).
 """
 
-from configs import default
+from alexnet_jax import convert
 
 
 def get_config():
-  config = default.get_config()
-  config.model.variant = 'owt'
-  config.input.std_rgb = default.IMAGENET_STD_RGB
-  # One tower fits one device; any mode restores the same checkpoint.
-  config.mode = 'single'
-  config.num_devices = 1
+  config = convert.pretrained_config('torchvision')
   config.eval_ten_crop = True
   return config

@@ -1,10 +1,10 @@
 """Both towers on one device: the reference every mode must reproduce."""
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.mode = 'single'
   config.num_devices = 1
   return config

@@ -1,7 +1,7 @@
 """The paper: two towers, one per device, exchanging at conv3 and the FCs."""
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  return default.get_config()  # The defaults are the paper's experiment.
+  return defaults.get_config()  # The defaults are the paper's experiment.

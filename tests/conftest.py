@@ -26,6 +26,7 @@ import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+import experiment_config  # pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope='session')
@@ -47,11 +48,10 @@ def tiny_config_factory(tmp_path_factory):
 
   Shares one generated dataset for the whole session.
   """
-  from configs import demo  # pylint: disable=g-import-not-at-top
   cache = str(tmp_path_factory.mktemp('synthetic'))
 
   def make(**overrides):
-    config = demo.get_config()
+    config = experiment_config.load('demo')
     config.synthetic.num_classes = 4
     config.synthetic.train_per_class = 12
     config.synthetic.val_per_class = 5

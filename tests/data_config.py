@@ -1,13 +1,13 @@
 """A small-image config for input-pipeline tests, shared by their modules."""
 
-from configs import default
+from alexnet_jax import defaults
 
 RESIZE, CROP = 40, 32
 
 
 def small_data_config(dataset: str, **overrides):
-  """`default.py` on `dataset` at 40 px base images and 32 px crops."""
-  config = default.get_config()
+  """The default config on `dataset` at 40 px base images and 32 px crops."""
+  config = defaults.get_config()
   config.dataset = dataset
   config.model.input_size = CROP
   config.input.resize_size = RESIZE

@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import defaults
 from alexnet_jax import hlo, optim, parallel, train
 from alexnet_jax.data import device
-from configs import default
 
 BATCH = 8
 
@@ -26,12 +26,12 @@ def _step_texts(spec, mode, devices) -> tuple[str, str]:
   """The train step as lowered (StableHLO) and as compiled (HLO)."""
   strategy = parallel.create_strategy(mode, devices, spec, BATCH)
   with jax.set_mesh(strategy.mesh):
-    tx = optim.create_optimizer(default.get_config().optimizer,
+    tx = optim.create_optimizer(defaults.get_config().optimizer,
                                 parallel.abstract_params(spec))
     state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
     step = train.make_train_step(
         spec, strategy, tx, state,
-        device.Normalization.from_config(default.get_config()))
+        device.Normalization.from_config(defaults.get_config()))
     batch = {k: jax.ShapeDtypeStruct(shape, dtype,
                                      sharding=strategy.batch_sharding())
              for k, (shape, dtype) in device.train_batch_shapes(

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -10,8 +11,10 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
-from alexnet_jax import config_check
+from alexnet_jax import cli
+from alexnet_jax import defaults
 from alexnet_jax import models
+import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +89,7 @@ def _config():
     ('mode.x', '--config.mode.x: config.mode has no fields'),
 ])
 def test_unknown_key_names_the_key_and_the_closest_one(path, message):
-  assert config_check.unknown_key(_config(), path) == message
+  assert cli.unknown_key(_config(), path) == message
 
 
 @pytest.mark.parametrize('module,args', [
@@ -101,3 +104,29 @@ def test_misspelt_override_is_one_line_from_the_entry_points(module, args):
   assert result.stderr.strip().splitlines() == [
       'error: --config.modle.lrn: no such config key; '
       'did you mean --config.model.lrn?']
+
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> set[str]:
+  """Every dotted field path of `config`."""
+  keys = set()
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys |= _flat_keys(value, f'{prefix}{key}.')
+    else:
+      keys.add(f'{prefix}{key}')
+  return keys
+
+
+def test_every_experiment_file_loads_by_path_with_the_default_fields(
+    monkeypatch):
+  # `import configs` fails even with the repository root on sys.path: the
+  # files import only `alexnet_jax`.
+  monkeypatch.setitem(sys.modules, 'configs', None)
+  names = sorted(str(path.relative_to(experiment_config.CONFIGS))[:-3]
+                 for path in pathlib.Path(experiment_config.CONFIGS).rglob(
+                     '*.py'))
+  assert {'default', 'two_tower', 'demo', 'ablations/no_lrn'} <= set(names)
+  fields = _flat_keys(defaults.get_config())
+  for name in names:
+    assert _flat_keys(experiment_config.load(name)) == fields, name

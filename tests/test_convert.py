@@ -22,12 +22,12 @@ import pytest
 
 from alexnet_jax import checkpoint
 from alexnet_jax import convert
+from alexnet_jax import defaults
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import predict
 from alexnet_jax import train
-from configs import default
-from configs import pretrained_caffe
+import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(input_size=67, conv_features=(8, 16, 24, 24, 16),
@@ -292,7 +292,7 @@ def test_caffe_tensorflow_layout_gives_the_same_params(caffe_files):
 
 def test_caffe_checkpoint_restores_with_its_conventions(caffe_files):
   _, ckpt, _ = caffe_files
-  config = pretrained_caffe.get_config()
+  config = experiment_config.load('pretrained_caffe')
   spec = parallel.spec_of(config)
   mngr = checkpoint.manager(ckpt)
   one_device = parallel.create_strategy('single', 1, spec, 1)
@@ -353,19 +353,19 @@ def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The PyTorch mirror (benchmarks/torch_alexnet.py).
+# The PyTorch mirror (alexnet_jax/torch_reference.py).
 
 
 @pytest.mark.parametrize('variant', ['paper', 'caffe', 'owt'])
 def test_torch_mirror_computes_our_function(variant):
   torch = _torch()
-  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
   spec = dataclasses.replace(models.VARIANTS[variant], **SMALL)
   params = _he_params(spec, seed=8)
-  module = torch_alexnet.TorchAlexNet.from_spec(spec).eval()
-  torch_alexnet.load_jax_params(module, params)
+  module = torch_reference.TorchAlexNet.from_spec(spec).eval()
+  torch_reference.load_jax_params(module, params)
   jax.tree.map(np.testing.assert_array_equal,
-               torch_alexnet.jax_params(module), params)
+               torch_reference.jax_params(module), params)
   # Inputs ~100 put LRN (where the variant has it) in its nonlinear range.
   images = 100 * np.random.default_rng(9).standard_normal(
       (2, 67, 67, 3)).astype(np.float32)
@@ -375,8 +375,8 @@ def test_torch_mirror_computes_our_function(variant):
 
 def test_torch_mirror_owt_matches_torchvision_key_map():
   torch = _torch()
-  from benchmarks import torch_alexnet  # pylint: disable=g-import-not-at-top
-  mirror = torch_alexnet.TorchAlexNet.from_spec(models.VARIANTS['owt']).eval()
+  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  mirror = torch_reference.TorchAlexNet.from_spec(models.VARIANTS['owt']).eval()
   _he_init_(torch, mirror, seed=10)
   reference = _torchvision_alexnet(torch)
   reference.load_state_dict({
@@ -445,7 +445,7 @@ def test_torchvision_convention_divides_by_std(tmp_path):
                                   predict.eval_config(meta))
   # torchvision: ToTensor (x / 255), Normalize(mean, std), centre 224 crop.
   expected = ((pixels[16:240, 16:240] / 255.0 - config.input.mean_rgb) /
-              default.IMAGENET_STD_RGB)
+              defaults.IMAGENET_STD_RGB)
   np.testing.assert_allclose(images[0], expected, atol=1e-3)
 
 

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import defaults
 from alexnet_jax.data import device
-from configs import default
 
 RESIZE, CROP = 40, 32
 
@@ -50,7 +50,7 @@ def test_eval_base_images_are_normalised_like_numpy(per_pixel, std, scale,
 
 
 def _input_config(**overrides):
-  config = default.get_config()
+  config = defaults.get_config()
   config.input.resize_size = RESIZE
   config.input.update(overrides)
   return config

@@ -9,12 +9,12 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from alexnet_jax import defaults
 from alexnet_jax.data import augment
 from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
 from alexnet_jax.data import device
-from configs import default
 from data_config import CROP, RESIZE, small_data_config
 
 _config = small_data_config
@@ -228,7 +228,7 @@ def test_decode_and_crop_approximates_the_exact_path(shape, tolerance):
 
 
 def test_model_input_size_follows_variant():
-  config = default.get_config()
+  config = defaults.get_config()
   assert augment.model_input_size(config) == 224
   config.model.variant = 'caffe'
   assert augment.model_input_size(config) == 227

@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from alexnet_jax import defaults
 from alexnet_jax import models, parallel
-from configs import default
 
 # SPEC.md section 1.
 PAPER_LAYER_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120,
@@ -209,7 +209,7 @@ def test_caffe_init_alternative():
 
 
 def _model_config(**overrides):
-  config = default.get_config().model
+  config = defaults.get_config().model
   with config.unlocked():
     for key, value in overrides.items():
       config[key] = value

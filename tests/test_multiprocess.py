@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import train
-from configs import demo
+import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch', 'local_multiprocess.sh')
@@ -34,7 +34,7 @@ def _flat(tree: dict, prefix: str = ''):
 
 def _overrides(config) -> list[str]:
   """Command-line overrides that turn configs/demo.py into `config`."""
-  base = dict(_flat(demo.get_config().to_dict()))
+  base = dict(_flat(experiment_config.load('demo').to_dict()))
   return [f'--config.{key}={value}' for key, value in
           _flat(config.to_dict()) if base.get(key) != value]
 

@@ -6,12 +6,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from alexnet_jax import defaults
 from alexnet_jax import optim
-from configs import default
 
 
 def _opt_config(**overrides) -> ml_collections.ConfigDict:
-  config = default.get_config().optimizer
+  config = defaults.get_config().optimizer
   with config.unlocked():
     config.update(overrides)
   return config

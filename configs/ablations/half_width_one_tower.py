@@ -5,11 +5,11 @@ layers at full width so that both nets have about as many parameters. The
 paper: two towers are 1.7/1.2 better top-1/top-5.
 """
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.num_towers = 1
   config.model.conv_features = (48, 128, 192, 192, 256)
   config.model.fc_features = (4096, 4096)

@@ -1,9 +1,9 @@
 """Ablation: LRN off (the paper reports +1.4/+1.2 top-1/top-5 error)."""
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.lrn = False
   return config

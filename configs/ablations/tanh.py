@@ -1,9 +1,9 @@
 """Ablation: tanh instead of ReLU (the paper reports ReLU trains about 6x faster)."""
 
-from configs import default
+from alexnet_jax import defaults
 
 
 def get_config():
-  config = default.get_config()
+  config = defaults.get_config()
   config.model.activation = 'tanh'
   return config

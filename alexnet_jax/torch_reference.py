@@ -6,7 +6,8 @@ channels); conv1, conv3 and the FC layers are single dense layers of
 `num_towers * width` outputs, tower-major, which is the same function as
 our per-tower kernels that read every tower's input. It serves as the
 reference for the weight converters and as the PyTorch side of the
-train-step benchmark.
+train-step benchmark. It needs PyTorch (`pip install -e '.[torch]'`), which
+nothing else in the package imports at the top.
 
   module = TorchAlexNet.from_spec(spec)
   load_jax_params(module, params)           # Our parameters into it.

@@ -1,24 +1,70 @@
-"""A one-line error for a `--config.KEY=VALUE` override the config lacks.
+"""How every tool of the package runs as a program.
 
-ml_collections raises a KeyError or an AttributeError from inside absl's
-flag parsing when an override names no field, which surfaces as a
-traceback. Every entry point with a `--config` file runs
-`app.run(main, flags_parser=config_check.parse_flags)` instead, which says
-which key is wrong and the closest one that exists. It needs --config on
-the command line: a flag with a default config file and none given applies
-the overrides when it is defined, before any parser runs.
+Each `python -m alexnet_jax.<tool>` has a `define_flags()` that defines its
+flags (--config through `config_flag`) and returns them by name, and a
+`main(argv, flag)`; its `__main__` block is `cli.run(main, define_flags,
+...)`. Flags are defined only when a module runs as a program, so any tools
+can be imported together (several share flag names such as --config and
+--out).
+
+`run` parses with a one-line error for a `--config.KEY=VALUE` override the
+config lacks: ml_collections raises a KeyError or an AttributeError from
+inside absl's flag parsing there, which surfaces as a traceback. The check
+needs --config on the command line: a flag with a default config file and
+none given applies the overrides when it is defined, before any parser
+runs. `run` also turns the errors a tool expects (bad input, a missing or
+unwritable file) into one line, `error: MESSAGE`, and exit status 1.
 """
 
 import difflib
 import re
 import sys
-from typing import Any
+from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_dict
+from ml_collections import config_flags
+
+# A tool's flags by name, as its define_flags() returns them.
+Flags = dict[str, flags.FlagHolder]
 
 CONFIG_FLAG = 'config'
+
+# --config, defined here, belongs to the tool that calls config_flag (its
+# --helpshort lists it).
+flags.disclaim_key_flags()
+
+
+def run(main: Callable[[list[str], Flags], None],
+        define_flags: Callable[[], Flags], *, required: Sequence[str] = (),
+        errors: tuple[type[Exception], ...] = (ValueError, OSError)) -> None:
+  """Runs a tool: `main(argv, flag)` with the flags `define_flags` returns.
+
+  Defines the flags, marks `required` ones, parses with `_parse_flags`, and
+  turns any of `errors` raised by `main` into `error: MESSAGE` on stderr
+  and exit status 1 (with the traceback logged at -v=1).
+  """
+  flag = define_flags()
+  flags.mark_flags_as_required(list(required))
+
+  def main_or_error(argv: list[str]) -> None:
+    try:
+      main(argv, flag)
+    except errors as error:
+      logging.debug('full traceback', exc_info=True)
+      _exit_with_error(error)
+
+  app.run(main_or_error, flags_parser=_parse_flags)
+
+
+def config_flag(default: str | None = None,
+                help_text: str = 'Experiment config file.', *,
+                lock_config: bool = True) -> flags.FlagHolder:
+  """Defines --config, the file whose --config.KEY overrides `run` checks."""
+  return config_flags.DEFINE_config_file(CONFIG_FLAG, default, help_text,
+                                         lock_config=lock_config)
 
 
 def unknown_key(config: Any, path: str) -> str | None:
@@ -80,7 +126,7 @@ def _first_unknown_override(argv: list[str]) -> str | None:
   return None
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flags parser for `app.run`, with one line for a bad key.
 
   Parses as `app.run` does by default; where an override names a field
@@ -92,5 +138,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = _first_unknown_override(argv)
     if message is None:
       raise
+  _exit_with_error(message)
+
+
+def _exit_with_error(message: Any) -> NoReturn:
+  """Prints `error: MESSAGE` to stderr and exits with status 1."""
   print(f'error: {message}', file=sys.stderr)
   sys.exit(1)
