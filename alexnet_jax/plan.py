@@ -81,6 +81,19 @@ class Hardware:
 # ImageNet at batch 128 on one GPU, the one-tower net.
 _K20_STEP = 98.05 * 3600 / (90 * IMAGENET_TRAIN / 128)
 
+# The paper net's train step at batch 128 on one device, from the cost
+# model (tests/test_plan.py keeps these equal to it): FLOPs, and parameter
+# bytes for the update.
+PAPER_STEP_FLOPS = 529_358_143_488
+PAPER_PARAM_BYTES = 243_860_896
+
+
+def _assumed_step(peak_flops: float, share: float,
+                  hbm_gbytes_per_s: float) -> float:
+  """One device's paper-net step at batch 128, at `share` of its peak."""
+  update = UPDATE_TRAFFIC * PAPER_PARAM_BYTES / (hbm_gbytes_per_s * 1e9)
+  return PAPER_STEP_FLOPS / (share * peak_flops) + update
+
 HARDWARE = {
     'paper_gtx580': Hardware(
         'paper_gtx580', devices_per_node=2,
@@ -107,9 +120,8 @@ HARDWARE = {
         'h100_sxm8', devices_per_node=8,
         intra=Link(450.0, 5e-6), inter=Link(50.0, 10e-6),
         hbm_gbytes_per_s=3350.0,
-        # Not measured yet: an assumed 30% of the dense TF32 peak (495
-        # TFLOP/s) on the paper net's 4.14 TFLOP per 128-image step.
-        step_seconds=6 * 724_406_816 * 128 * 0.75 / (0.30 * 495e12),
+        # Not measured yet: an assumed 30% of the dense TF32 peak.
+        step_seconds=_assumed_step(495e12, 0.30, 3350.0),
         step_batch=128, step_variant='paper',
         sources='H100 SXM datasheet: 495 TFLOP/s dense TF32, 3.35 TB/s HBM3, '
         'NVLink 4 900 GB/s (450 each way); 400 Gb/s (50 GB/s) ConnectX-7 '
@@ -126,7 +138,7 @@ HARDWARE = {
         hbm_gbytes_per_s=819.0,
         # Not measured: an assumed 30% of the bf16 peak (TPUs run float32
         # matmuls and convolutions as bf16 passes at default precision).
-        step_seconds=6 * 724_406_816 * 128 * 0.75 / (0.30 * 197e12),
+        step_seconds=_assumed_step(197e12, 0.30, 819.0),
         step_batch=128, step_variant='paper',
         sources='Cloud TPU v5e system architecture page: 197 TFLOP/s bf16, '
         '819 GB/s HBM2, 400 GB/s bidirectional ICI per chip over 4 ports '

@@ -107,3 +107,17 @@ def test_cost_falls_back_to_the_preset_of_the_chip_it_compiled_for():
   # Sixteen chips of 128 images each: more than one chip, less than ideal.
   assert one['images_per_sec'] < got['images_per_sec'] < (
       16 * one['images_per_sec'])
+
+
+@pytest.mark.parametrize('preset,peak', [('h100_sxm8', 495e12),
+                                         ('tpu_v5e', 197e12)])
+def test_assumed_one_device_step_runs_at_the_stated_share_of_peak(preset,
+                                                                  peak):
+  paper = cost.net_shape(models.VARIANTS['paper'])
+  figures = cost.analytical_figures('single', 1, 128, paper)
+  assert (plan.PAPER_STEP_FLOPS, plan.PAPER_PARAM_BYTES) == (
+      figures['flops'], figures['param_bytes'])
+  hw = plan.HARDWARE[preset]
+  assert 'ASSUMED 30%' in hw.sources
+  rate = plan.flop_rate(hw, hw.step_seconds, hw.step_batch, paper)
+  assert rate == pytest.approx(0.30 * peak)
