@@ -7,9 +7,10 @@
 #   RUNS_DIR     workdirs, one per run (default /tmp/alexnet_jax_ablations)
 #   REPORT_DIR   Markdown table and plots (default docs/ablations)
 #   SCALING_DIR  the scaling study (default docs/scaling): every mode
-#                projected on H100 nodes (alexnet_jax.plan), and the
-#                full-size train step compiled for v5e slices (needs the
-#                tpu extra; each compile takes minutes on a small CPU)
+#                projected on H100 nodes and v5e slices (alexnet_jax.plan),
+#                and the full-size train step compiled for v5e slices of
+#                4-256 chips (needs the tpu extra; each compile takes a
+#                minute or two on a small CPU, about 30 minutes in all)
 # Environment: STEPS (train steps per run, default 200), PYTHON,
 #   TPU_SLICES (default v5e:2x2 to v5e:16x16: 4 to 256 chips),
 #   SCALING_ONLY=1 (skip the training runs).
