@@ -36,6 +36,7 @@ hierarchical all-reduce algorithms, small-batch inefficiency of the compute
 """
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -226,12 +227,23 @@ def project(mode: str, num_devices: int, batch: int, net: cost.NetShape,
           'images_per_sec': batch / step}
 
 
+@functools.cache
+def variant_net(variant: str) -> cost.NetShape:
+  """The cost model's shape of a named network, traced once."""
+  return cost.net_shape(models.VARIANTS[variant])
+
+
+def device_rate(hw: Hardware) -> float:
+  """FLOP/s of one device of `hw`, from the preset's one-device step."""
+  return flop_rate(hw, hw.step_seconds, hw.step_batch,
+                   variant_net(hw.step_variant))
+
+
 def project_on_preset(hw: Hardware, mode: str, num_devices: int,
                       batch: int, spec: models.AlexNetSpec) -> dict[str, float]:
   """`project` with the preset's own one-device speed."""
-  reference = cost.net_shape(models.VARIANTS[hw.step_variant])
-  rate = flop_rate(hw, hw.step_seconds, hw.step_batch, reference)
-  return project(mode, num_devices, batch, cost.net_shape(spec), hw, rate)
+  return project(mode, num_devices, batch, cost.net_shape(spec), hw,
+                 device_rate(hw))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,26 +305,35 @@ def markdown(rows: list[Row], hw: Hardware) -> str:
   return '\n'.join(out)
 
 
-def plot(rows: list[Row], hw: Hardware, path: str) -> None:
-  """Speedup against devices, one line per mode, and the ideal."""
+def plot_by_mode(rows: list[Row], path: str, *, value: str, ylabel: str,
+                 title: str, ideal: bool = False) -> None:
+  """`value` of each row against devices on log axes, one line per mode
+  (and the ideal, y = devices, for speedups)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6, 4.5))
   counts = sorted({r.devices for r in rows})
-  ax.plot(counts, counts, color='0.7', linestyle='--', label='ideal')
+  if ideal:
+    ax.plot(counts, counts, color='0.7', linestyle='--', label='ideal')
   for mode in dict.fromkeys(r.mode for r in rows):
-    points = [(r.devices, r.speedup) for r in rows if r.mode == mode]
+    points = [(r.devices, getattr(r, value)) for r in rows if r.mode == mode]
     ax.plot(*zip(*points), marker='o', label=mode)
-  ax.set(xscale='log', yscale='log', xlabel='devices',
-         ylabel='speedup over one device (projected)',
-         title=f'{hw.name}: projected speedup')
+  ax.set(xscale='log', yscale='log', xlabel='devices', ylabel=ylabel,
+         title=title)
   ax.set_xticks(counts, [str(c) for c in counts])
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def plot(rows: list[Row], hw: Hardware, path: str) -> None:
+  """Speedup against devices, one line per mode, and the ideal."""
+  plot_by_mode(rows, path, value='speedup',
+               ylabel='speedup over one device (projected)',
+               title=f'{hw.name}: projected speedup', ideal=True)
 
 
 def _ints(text: str, name: str) -> list[int]:
@@ -371,10 +392,8 @@ def main(argv, flag: dict[str, Any]) -> None:
       raise ValueError(f'--modes: unknown {mode!r}; choose from '
                        f'{parallel.MODES}')
   counts = _ints(flag['devices'].value, 'devices')
-  net = cost.net_shape(spec)
-  reference = cost.net_shape(models.VARIANTS[hw.step_variant])
-  rate = flop_rate(hw, hw.step_seconds, hw.step_batch, reference)
-  rows, skipped = plan(hw, modes, counts, net, spec, rate,
+  rows, skipped = plan(hw, modes, counts, cost.net_shape(spec), spec,
+                       device_rate(hw),
                        flag['batch_per_device'].value,
                        flag['global_batch'].value)
   for reason in skipped:

@@ -16,12 +16,10 @@ their figures come from:
              unusable for the full-size net).
 """
 
-import functools
 import json
 import os
 import re
 
-from alexnet_jax import cost
 from alexnet_jax import models
 from alexnet_jax import plan
 
@@ -39,20 +37,14 @@ VARIANT = {'data': 'paper', 'tower': 'paper', 'data_tower': 'paper',
            'hybrid': 'owt', 'hybrid_2d': 'owt'}
 
 
-@functools.cache
-def _net(variant: str) -> cost.NetShape:
-  return cost.net_shape(models.VARIANTS[variant])
-
-
 def _rows(hw: plan.Hardware, modes=MODES, devices=DEVICES,
           **batch) -> list[plan.Row]:
   """Projected rows of every mode that can run, each on its own net."""
-  rate = plan.flop_rate(hw, hw.step_seconds, hw.step_batch,
-                        _net(hw.step_variant))
+  rate = plan.device_rate(hw)
   rows = []
   for mode in modes:
     variant = VARIANT[mode]
-    rows += plan.plan(hw, [mode], list(devices), _net(variant),
+    rows += plan.plan(hw, [mode], list(devices), plan.variant_net(variant),
                       models.VARIANTS[variant], rate, **batch)[0]
   return rows
 
@@ -122,26 +114,6 @@ def _hbm(kind: str) -> int:
   return topology.HBM_BYTES.get(kind, 0)
 
 
-def _plot(rows: list[plan.Row], title: str, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  for mode in MODES:
-    points = [(r.devices, r.images_per_sec) for r in rows if r.mode == mode]
-    if points:
-      ax.plot(*zip(*points), marker='o', label=mode)
-  counts = sorted({r.devices for r in rows})
-  ax.set(xscale='log', yscale='log', xlabel='devices',
-         ylabel='images/s (projected)', title=title)
-  ax.set_xticks(counts, [str(d) for d in counts])
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 def _section(hardware: str, out_dir: str, cost_json: list[str],
              batch_per_device: int, global_batch: int) -> list[str]:
   """One preset's tables and plots (written into out_dir)."""
@@ -151,10 +123,13 @@ def _section(hardware: str, out_dir: str, cost_json: list[str],
   fixed_global = _rows(hw, devices=devices, global_batch=global_batch)
   plots = {'per-device batch': f'{hardware}_per_device_batch.png',
            'global batch': f'{hardware}_global_batch.png'}
-  _plot(fixed_device, f'{hw.name}: {batch_per_device} images per device',
-        os.path.join(out_dir, plots['per-device batch']))
-  _plot(fixed_global, f'{hw.name}: global batch {global_batch}',
-        os.path.join(out_dir, plots['global batch']))
+  images = dict(value='images_per_sec', ylabel='images/s (projected)')
+  plan.plot_by_mode(fixed_device,
+                    os.path.join(out_dir, plots['per-device batch']),
+                    title=f'{hw.name}: {batch_per_device} images per device',
+                    **images)
+  plan.plot_by_mode(fixed_global, os.path.join(out_dir, plots['global batch']),
+                    title=f'{hw.name}: global batch {global_batch}', **images)
   crossings = []
   for n in devices[1:]:
     batch, rival = crossover_batch(hw, n)
