@@ -487,7 +487,7 @@ def define_flags() -> cli.Flags:
   }
 
 
-def _plan_projection(mode: str, num_devices: int, batch: int, spec: Any,
+def _plan_projection(mode: str, num_devices: int, batch: int, net: NetShape,
                      device_kind: str | None) -> dict[str, Any]:
   """{'plan_projection': ...} where the compiled-for chip has a preset of
   `alexnet_jax.plan`, else {}: a time where XLA's estimate is unusable."""
@@ -496,8 +496,8 @@ def _plan_projection(mode: str, num_devices: int, batch: int, spec: Any,
   if preset is None:
     return {}
   hw = plan.HARDWARE[preset]
-  return {'plan_projection': {'hardware': preset} | plan.project_on_preset(
-      hw, mode, num_devices, batch, spec)}
+  return {'plan_projection': {'hardware': preset} | plan.project(
+      mode, num_devices, batch, net, hw, plan.device_rate(hw))}
 
 
 def jax_on_cpu() -> None:
@@ -546,7 +546,7 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   result = report(config.mode, num_devices, batch, net, measured,
                   fc_shards or 1)
   if measured and measured.get('estimated_step_seconds') is None:
-    result |= _plan_projection(config.mode, num_devices, batch, spec,
+    result |= _plan_projection(config.mode, num_devices, batch, net,
                                measured.get('device_kind'))
   link, tflops = flag['link_gbps'].value, flag['device_tflops'].value
   if link and tflops:

@@ -239,13 +239,6 @@ def device_rate(hw: Hardware) -> float:
                    variant_net(hw.step_variant))
 
 
-def project_on_preset(hw: Hardware, mode: str, num_devices: int,
-                      batch: int, spec: models.AlexNetSpec) -> dict[str, float]:
-  """`project` with the preset's own one-device speed."""
-  return project(mode, num_devices, batch, cost.net_shape(spec), hw,
-                 device_rate(hw))
-
-
 @dataclasses.dataclass(frozen=True)
 class Row:
   mode: str

@@ -97,13 +97,14 @@ def test_cli_rejects_a_bad_device_list():
 
 
 def test_cost_falls_back_to_the_preset_of_the_chip_it_compiled_for():
-  spec = models.VARIANTS['paper']
-  assert cost._plan_projection('data', 16, 2048, spec, 'cpu') == {}
-  got = cost._plan_projection('data', 16, 2048, spec,
+  paper = cost.net_shape(models.VARIANTS['paper'])
+  assert cost._plan_projection('data', 16, 2048, paper, 'cpu') == {}
+  got = cost._plan_projection('data', 16, 2048, paper,
                               'TPU v5 lite')['plan_projection']
   assert got['hardware'] == 'tpu_v5e'
   assert got['images_per_sec'] == pytest.approx(2048 / got['step_s'])
-  one = plan.project_on_preset(plan.HARDWARE['tpu_v5e'], 'data', 1, 128, spec)
+  hw = plan.HARDWARE['tpu_v5e']
+  one = plan.project('data', 1, 128, paper, hw, plan.device_rate(hw))
   # Sixteen chips of 128 images each: more than one chip, less than ideal.
   assert one['images_per_sec'] < got['images_per_sec'] < (
       16 * one['images_per_sec'])
