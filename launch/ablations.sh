@@ -5,8 +5,8 @@
 #
 # Usage: launch/ablations.sh [RUNS_DIR] [REPORT_DIR] [SCALING_DIR]
 #   RUNS_DIR     workdirs, one per run (default /tmp/alexnet_jax_ablations)
-#   REPORT_DIR   Markdown table and plots (default docs/ablations)
-#   SCALING_DIR  the scaling study (default docs/scaling): every mode
+#   REPORT_DIR   Markdown table and plots (default docs/results/ablations)
+#   SCALING_DIR  the scaling study (default docs/results/scaling): every mode
 #                projected on H100 nodes and v5e slices (alexnet_jax.tools.plan),
 #                and the full-size train step compiled for v5e slices of
 #                4-256 chips (needs the tpu extra; each compile takes a
@@ -22,7 +22,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 runs_dir=${1:-/tmp/alexnet_jax_ablations}
-report_dir=${2:-$repo/docs/ablations}
+report_dir=${2:-$repo/docs/results/ablations}
 steps=${STEPS:-200}
 python=${PYTHON:-python}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
@@ -75,7 +75,7 @@ run() {
 # The scaling study: mode, then slice; 128 images per chip. A mode that
 # cannot run on a slice (hybrid's 1000 classes beyond 8 chips) says why in
 # its .txt and is left out of the table.
-scaling_dir=${3:-$repo/docs/scaling}
+scaling_dir=${3:-$repo/docs/results/scaling}
 compile_on() {  # mode config slice [cost flags...]
   local mode=$1 config=$2 slice=$3 out
   shift 3
