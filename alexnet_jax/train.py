@@ -60,8 +60,8 @@ def evaluate(config: Any, strategy: parallel.Strategy, eval_step: Callable,
 
 def _eval_step(config, spec, strategy, params) -> Callable:
   return steps.make_eval_step(spec, strategy, params,
-                        device.Normalization.from_config(config),
-                        ten_crop=config.eval_ten_crop)
+                              device.Normalization.from_config(config),
+                              ten_crop=config.eval_ten_crop)
 
 
 def check_config(config: Any, strategy: parallel.Strategy,

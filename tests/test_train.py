@@ -121,10 +121,12 @@ def test_eval_step_gives_both_protocols_from_one_batch(small_spec):
 
 
 def test_steps_build_without_tensorflow():
-  """The GPU machines have no TensorFlow: only reading data may need it."""
+  """The GPU machines have no TensorFlow: only reading data (the loop in
+  `train`) may need it; the steps, their benchmark and cost do not."""
   subprocess.run(
-      [sys.executable, '-c', 'import sys, alexnet_jax.train, '
-       'alexnet_jax.tools.benchmark, alexnet_jax.tools.cost, alexnet_jax.data.device; '
+      [sys.executable, '-c', 'import sys, alexnet_jax.steps, alexnet_jax.aot, '
+       'alexnet_jax.tools.benchmark, alexnet_jax.tools.cost, '
+       'alexnet_jax.data.device; '
        'assert "tensorflow" not in sys.modules, "tensorflow imported"'],
       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True)
 

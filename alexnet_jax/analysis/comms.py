@@ -197,7 +197,7 @@ def total_bytes(terms: Iterable[Term]) -> int:
   return round(sum(t.bytes for t in terms))
 
 
-def _by_kind(terms: list[Term]) -> dict[str, tuple[int, int]]:
+def by_kind(terms: list[Term]) -> dict[str, tuple[int, int]]:
   """kind -> (count, received bytes)."""
   out = {}
   for t in terms:

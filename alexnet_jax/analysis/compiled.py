@@ -22,7 +22,7 @@ def measure(config: Any, mode: str, num_devices: int, batch: int,
 
   `devices`: where to compile (default: this process's devices); a TPU
   topology's devices (`aot.topology_devices`) add XLA's estimate of the
-  step time and the placement of every collective on the slice's placement.hosts.
+  step time and the placement of every collective on the slice's hosts.
   """
   spec = parallel.spec_of(config)
   strategy = parallel.create_strategy(mode, num_devices, spec, batch,
@@ -66,8 +66,8 @@ def _eval_lines(config: Any, strategy: Any, state: Any) -> list[str]:
       'centre crop')
   kind = strategy.mesh.devices.flat[0].device_kind
   return [f'eval step ({protocols}, batch {batch}):',
-          *['  ' + line for line in placement.memory_lines(aot.peak_memory(compiled),
-                                                  kind)]]
+          *['  ' + line for line in placement.memory_lines(
+              aot.peak_memory(compiled), kind)]]
 
 
 def dry_run(config: Any, topology_name: str | None = None) -> list[str]:
@@ -87,15 +87,16 @@ def dry_run(config: Any, topology_name: str | None = None) -> list[str]:
   strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
                                       config.batch_size, devices=devices)
   compiled, state = aot.compile_train_step(config, strategy,
-                                            config.batch_size)
+                                           config.batch_size)
   kind = devices[0].device_kind
   lines = [f'dry run: mode {config.mode}, {config.num_devices} of '
-           f'{len(devices)} {kind} devices on {placement.hosts(devices)} host(s), '
+           f'{len(devices)} {kind} devices on {placement.hosts(devices)} '
+           'host(s), '
            f'global batch {config.batch_size}; nothing was run.',
            *placement.placement_lines(strategy.mesh, compiled.as_text()),
            f'train step (batch {config.batch_size}):',
-           *['  ' + line for line in placement.memory_lines(aot.peak_memory(compiled),
-                                                  kind)]]
+           *['  ' + line for line in placement.memory_lines(
+              aot.peak_memory(compiled), kind)]]
   seconds = aot.usable_estimate(compiled.cost_analysis())
   if seconds:
     lines.append(f"  XLA's estimated step time {seconds:.6g} s "

@@ -4,8 +4,8 @@ from alexnet_jax import hardware
 from alexnet_jax.analysis import projection
 
 
-def plot_by_mode(rows: list[projection.Row], path: str, *, value: str, ylabel: str,
-                 title: str, ideal: bool = False) -> None:
+def plot_by_mode(rows: list[projection.Row], path: str, *, value: str,
+                 ylabel: str, title: str, ideal: bool = False) -> None:
   """`value` of each row against devices on log axes, one line per mode
   (and the ideal, y = devices, for speedups)."""
   import matplotlib  # pylint: disable=g-import-not-at-top

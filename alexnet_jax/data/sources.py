@@ -349,8 +349,8 @@ def read_prepared_index(root: str) -> dict:
   path = os.path.join(root, PREPARED_INDEX)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
-        f'{path} not found: run `python -m alexnet_jax.tools.prepare --out={root}` '
-        '(to the end, on every host) first')
+        f'{path} not found: run `python -m alexnet_jax.tools.prepare '
+        f'--out={root}` (to the end, on every host) first')
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
 

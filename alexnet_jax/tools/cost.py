@@ -12,16 +12,11 @@ collective, its FLOPs and its memory. For a TPU slice it adds where each
 mesh axis and collective lies (within a host or across hosts), peak memory
 against the chip's HBM, and XLA's estimate of the step time
 (`estimated_step_seconds`). Beside each measured figure it prints the
-analytical expectation (docs/paper.md, Parallelism), so the cost model and
-the code are checked against each other; with --analytical_only it prints the model alone, for device counts that cannot
-be compiled here.
-
-Bytes are **bytes received by one device in one step**, as a ring algorithm
-moves them: an all-gather or all-to-all delivers (n-1)/n of its result, a
-reduce-scatter (n-1)/n of its input (n-1 times its result), an all-reduce
-2(n-1)/n of its operand, a collective-permute its whole result, n being the
-size of the replica group. Measured and analytical figures both go through
-`received_bytes`, so they are comparable by construction.
+analytical expectation (`analysis.comms`, after docs/paper.md,
+Parallelism), so the cost model and the code are checked against each
+other; with --analytical_only it prints the model alone, for device counts
+that cannot be compiled here. Bytes are bytes received by one device in one
+step, as `analysis.comms` defines them.
 """
 
 import dataclasses
@@ -59,8 +54,10 @@ def report(mode: str, num_devices: int, batch: int, net: comms.NetShape,
   """
   if measured is not None:
     fc_shards = measured.get('fc_shards', fc_shards)
-  expected_terms = comms.analytical_terms(mode, num_devices, batch, net, fc_shards)
-  expected = comms.analytical_figures(mode, num_devices, batch, net, fc_shards)
+  expected_terms = comms.analytical_terms(mode, num_devices, batch, net,
+                                          fc_shards)
+  expected = comms.analytical_figures(mode, num_devices, batch, net,
+                                      fc_shards)
   expected['collective_bytes'] = comms.total_bytes(expected_terms)
   result = {'mode': mode, 'devices': num_devices, 'batch_size': batch,
             'analytical': expected,
@@ -122,8 +119,8 @@ def format_report(result: dict[str, Any]) -> str:
               f'(optimal_seconds {raw:.6g}).']
   if 'plan_projection' in result:
     p = result['plan_projection']
-    lines += [f"alexnet_jax.tools.plan's projection on its {p['hardware']} preset "
-              "instead (datasheet links and an assumed one-device speed: "
+    lines += [f"alexnet_jax.tools.plan's projection on its {p['hardware']} "
+              "preset instead (datasheet links and an assumed one-device speed: "
               'not a measurement):',
               f'projected_step_seconds {p["step_s"]:.6g}',
               f'projected_images_per_sec {p["images_per_sec"]:.1f}']
@@ -167,7 +164,8 @@ def define_flags() -> cli.Flags:
   }
 
 
-def _plan_projection(mode: str, num_devices: int, batch: int, net: comms.NetShape,
+def _plan_projection(mode: str, num_devices: int, batch: int,
+                     net: comms.NetShape,
                      device_kind: str | None) -> dict[str, Any]:
   """{'plan_projection': ...} where the compiled-for chip has a preset of
   `alexnet_jax.tools.plan`, else {}: a time where XLA's estimate is unusable."""
@@ -203,8 +201,8 @@ def main(argv: list[str], flag: cli.Flags) -> None:
                     fc_shards or 1)
   net = comms.net_shape(spec)
   measured = (None if analytical_only
-              else compiled.measure(config, config.mode, num_devices, batch, devices,
-                            fc_shards))
+              else compiled.measure(config, config.mode, num_devices, batch,
+                                    devices, fc_shards))
   result = report(config.mode, num_devices, batch, net, measured,
                   fc_shards or 1)
   if measured and measured.get('estimated_step_seconds') is None:

@@ -5,8 +5,8 @@
       [--variant=owt] [--step_seconds=S --step_batch=B] [--out=DIR]
 
 Per mode and device count it prints one line
-`projection.plan <mode> <devices> <global_batch> <step_seconds> <images_per_sec>
-<speedup>`, then a Markdown table, and writes DIR/projection.plan.md and DIR/projection.plan.png
+`plan <mode> <devices> <global_batch> <step_seconds> <images_per_sec>
+<speedup>`, then a Markdown table, and writes DIR/plan.md and DIR/plan.png
 (speedup against devices, one line per mode). Every figure is a projection.
 
 The model is `analysis.projection`; its docstring says what it counts and
@@ -64,7 +64,7 @@ def define_flags() -> cli.Flags:
       'step_batch': flags.DEFINE_integer(
           'step_batch', None, 'The batch of --step_seconds.'),
       'out': flags.DEFINE_string(
-          'out', None, 'Write projection.plan.md and projection.plan.png into this directory.'),
+          'out', None, 'Write plan.md and plan.png into this directory.'),
   }
 
 
@@ -101,7 +101,7 @@ def main(argv, flag: dict[str, Any]) -> None:
   if flag['out'].value:
     os.makedirs(flag['out'].value, exist_ok=True)
     with open(os.path.join(flag['out'].value, 'plan.md'), 'w') as f:
-      f.write(text + '\n\n![speedup](projection.plan.png)\n')
+      f.write(text + '\n\n![speedup](plan.png)\n')
     figures.plot(rows, hw, os.path.join(flag['out'].value, 'plan.png'))
 
 
