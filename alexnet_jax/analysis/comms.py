@@ -206,8 +206,9 @@ def by_kind(terms: list[Term]) -> dict[str, tuple[int, int]]:
   return {k: (c, round(b)) for k, (c, b) in sorted(out.items())}
 
 
-def projection(flops: float, comm_bytes: float, batch: int, link_gbps: float,
-               device_tflops: float) -> dict[str, float]:
+def link_projection(flops: float, comm_bytes: float, batch: int,
+                    link_gbps: float, device_tflops: float
+                    ) -> dict[str, float]:
   """Step time with communication not overlapped with compute (an upper
   bound) and fully overlapped (a lower bound)."""
   compute = flops / (device_tflops * 1e12)

@@ -211,7 +211,7 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   link, tflops = flag['link_gbps'].value, flag['device_tflops'].value
   if link and tflops:
     source = measured or result['analytical']
-    result['projection'] = projection(
+    result['projection'] = comms.link_projection(
         source['flops'], source['collective_bytes'], batch, link,
         tflops) | {'link_gbps': link, 'device_tflops': tflops}
   print(format_report(result))
