@@ -33,9 +33,11 @@ import weakref
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from alexnet_jax import logs
 from alexnet_jax import models
+from alexnet_jax import parallel
 
 _T = TypeVar('_T')
 
@@ -195,7 +197,6 @@ def _on_all_processes(ok: bool) -> bool:
   """Whether `ok` holds on every process (they must act alike)."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(multihost_utils.process_allgather(np.array(ok)).all())
 
 
@@ -285,7 +286,7 @@ def _read_step(mngr, step, spec, params_like, opt_state_like):
       for item in ('opt_state', 'progress')):
     raise ValueError(
         f'{where} holds parameters only (an evaluation checkpoint, such as '
-        'alexnet_jax.convert writes); training resumes only from its own '
+        'alexnet_jax.tools.convert writes); training resumes only from its own '
         'checkpoints: use another --workdir')
   stored, why = _attempt(
       lambda: _stored_shapes(mngr.directory / str(step) / 'params'))
@@ -412,7 +413,6 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     except OSError as error:
       failed = error.strerror
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f'alexnet_jax: moved {source}')
   mngr.reload()
   if failed:
@@ -432,3 +432,26 @@ def locate(path: str) -> tuple[str, int | None]:
   if base.isdigit() and os.path.isdir(os.path.join(path, 'params')):
     return os.path.dirname(path), int(base)
   return path, None
+
+
+def spec_from_meta(meta: dict[str, Any]) -> models.AlexNetSpec:
+  fields = dict(meta['model'])
+  for key in ('conv_features', 'fc_features'):
+    fields[key] = tuple(fields[key])
+  return models.AlexNetSpec(**fields)
+
+
+def load_params(path: str) -> tuple[Any, models.AlexNetSpec,
+                                        dict[str, Any]]:
+  """(params as numpy, spec, meta) of a checkpoint written by any mode."""
+  ckpt_dir, step = locate(path)
+  mngr = manager(ckpt_dir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no complete checkpoint in {ckpt_dir}')
+  meta = read_meta(mngr, step)
+  spec = spec_from_meta(meta)
+  strategy = parallel.create_strategy('single', 1, spec, 1)
+  like = parallel.abstract_params(spec, strategy)
+  params = restore(mngr, step, params_like=like)['params']
+  return jax.tree.map(np.asarray, params), spec, meta

@@ -11,7 +11,7 @@ from ml_collections import config_dict
 
 from alexnet_jax import models
 
-# ImageNet RGB statistics on the [0, 1] pixel scale (SPEC.md section 2).
+# ImageNet RGB statistics on the [0, 1] pixel scale (docs/paper.md, Data).
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)  # What torchvision divides by.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mode = 'tower'
   config.num_devices = 2
 
-  # Optimisation (SPEC.md section 3).
+  # Optimisation (docs/paper.md, Training recipe).
   config.batch_size = 128  # Global.
   config.seed = 0
   config.num_train_steps = -1   # -1: use num_epochs.

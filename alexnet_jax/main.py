@@ -25,6 +25,8 @@ from alexnet_jax import cli
 from alexnet_jax import multihost
 from alexnet_jax import parallel
 from alexnet_jax import train
+from alexnet_jax.analysis import compiled
+from alexnet_jax.analysis import towers
 
 def _start_jax(num_devices: int, flag: cli.Flags) -> None:
   """Before any JAX backend starts: the compilation cache, then this
@@ -47,8 +49,7 @@ def _write_config(config, workdir: str) -> None:
 
 
 def _dry_run(config, topology_name: str | None) -> None:
-  from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
-  print('\n'.join(topology.dry_run(config, topology_name)))
+  print('\n'.join(compiled.dry_run(config, topology_name)))
 
 
 def _quiet_library_logs() -> None:
@@ -116,7 +117,8 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   else:
     if jax.process_index() == 0 and workdir:
       _write_config(config, workdir)
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir,
+                             on_evaluate=(towers.conv1_hook,))
 
 
 if __name__ == '__main__':

@@ -39,7 +39,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class AlexNetSpec:
-  """Everything that defines the network; see SPEC.md section 1."""
+  """Everything that defines the network; see docs/paper.md, Architecture."""
   num_towers: int = 2
   conv_features: tuple[int, ...] = (48, 128, 192, 192, 128)  # Per tower.
   fc_features: tuple[int, ...] = (2048, 2048)  # Hidden FC, per tower.
@@ -319,8 +319,8 @@ class TowerWeights(nn.Module):
 class AlexNet(nn.Module):
   """The tower-aware AlexNet. Input NHWC images, output logits [B, C].
 
-  `__call__` is SPEC.md section 1's table; the `layout` moves activations
-  between devices at the exchange points.
+  `__call__` is the layer table of docs/paper.md; the `layout` moves
+  activations between devices at the exchange points.
   """
   spec: AlexNetSpec
   layout: Layout = Layout()

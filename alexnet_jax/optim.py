@@ -1,7 +1,7 @@
 """The paper's SGD as an optax chain, and its learning-rate policies.
 
-The paper's rule (SPEC.md section 3) keeps the learning rate inside the
-velocity:
+The paper's rule (docs/paper.md, Training recipe) keeps the learning rate
+inside the velocity:
 
   v <- 0.9 v - 0.0005 lr w - lr grad;   w <- w + v
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from alexnet_jax import convert
+from alexnet_jax import pretrained
 from alexnet_jax import models
 
 
@@ -96,7 +96,7 @@ class TorchAlexNet(nn.Module):
 def load_jax_params(module: TorchAlexNet, params: Any) -> None:
   """Copies our parameters (any mode's global arrays) into `module`."""
   state = {}
-  for layer, (weight, bias) in convert.to_dense(params, module.spec).items():
+  for layer, (weight, bias) in pretrained.to_dense(params, module.spec).items():
     state[f'{layer}.weight'] = torch.from_numpy(weight)
     state[f'{layer}.bias'] = torch.from_numpy(bias)
   module.load_state_dict(state)
@@ -105,7 +105,7 @@ def load_jax_params(module: TorchAlexNet, params: Any) -> None:
 def jax_params(module: TorchAlexNet) -> dict[str, Any]:
   """`module`'s weights as our parameter tree (numpy float32)."""
   state = module.state_dict()
-  return convert.from_dense(
+  return pretrained.from_dense(
       {layer: (state[f'{layer}.weight'].detach().float().cpu().numpy(),
                state[f'{layer}.bias'].detach().float().cpu().numpy())
        for layer in (*models.CONV_LAYERS, *models.FC_LAYERS)}, module.spec)

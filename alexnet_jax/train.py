@@ -1,10 +1,9 @@
-"""Training and evaluation: the train step, the eval step, and the loop.
+"""The training loop: resume, step, log, evaluate, save, stop.
 
-The trainer knows execution modes only through `parallel.Strategy` and the
-network only through `parallel.make_apply`. Batches arrive as uint8 pixels;
-the steps turn them into the model's float input (`data.device`) before the
-model, in every mode. TensorFlow (the input pipeline) is imported only by
-the functions that read data, so the steps build without it.
+`train_and_evaluate` runs one training run from a config and a workdir;
+`evaluate_checkpoint` evaluates a saved one. The compiled steps themselves
+are in `steps`; what else happens at each evaluation (the towers' kernels in
+TensorBoard) comes in as `on_evaluate` hooks from the caller.
 """
 
 import math
@@ -13,142 +12,20 @@ import signal
 import time
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from jax.experimental import multihost_utils
 
 from alexnet_jax import checkpoint
 from alexnet_jax import logs
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
-from alexnet_jax import towers
+from alexnet_jax import steps
 from alexnet_jax.data import device
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def wrong_at_k(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """1.0 where the label is not among the k highest scores, per example."""
-  k = min(k, scores.shape[-1])
-  _, top = jax.lax.top_k(scores, k)
-  return 1.0 - jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-
-
-def create_train_state(spec: models.AlexNetSpec, strategy: parallel.Strategy,
-                       tx: optax.GradientTransformation,
-                       rng: jax.Array) -> TrainState:
-  params = parallel.init_params(spec, strategy, rng)
-  opt_state = jax.jit(tx.init)(params)  # Shardings follow the parameters.
-  return TrainState(jax.device_put(jnp.zeros((), jnp.int32),
-                                   strategy.replicated()), params, opt_state)
-
-
-def _shardings(tree: Any) -> Any:
-  return jax.tree.map(lambda x: x.sharding, tree)
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.isfinite(x).all()
-                            for x in jax.tree.leaves(tree)]))
-
-
-def make_train_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
-                    tx: optax.GradientTransformation, state: TrainState,
-                    norm: device.Normalization) -> Callable:
-  """Compiled (state, batch, learning_rate, rng) -> (state, metrics).
-
-  `batch` holds device.TRAIN_KEYS; its uint8 crops are normalised with
-  `norm` inside the step. The state is donated. Dropout's key is
-  `fold_in(rng, step)`, so a resumed run draws the same masks as an
-  uninterrupted one.
-  """
-  apply = parallel.make_apply(spec, strategy, state.params, train=True)
-
-  def train_step(state, batch, learning_rate, rng):
-    images = device.train_images(batch, norm)
-
-    def loss_fn(params):
-      logits = apply(params, images, jax.random.fold_in(rng, state.step))
-      return cross_entropy(logits, batch['label']).mean(), logits
-
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
-    updates, opt_state = tx.update(grads, opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {'train/loss': loss,
-               'train/top1_error': wrong_at_k(logits, batch['label'], 1).mean(),
-               'train/top5_error': wrong_at_k(logits, batch['label'], 5).mean()}
-    return TrainState(state.step + 1, params, opt_state), metrics
-
-  state_sh = _shardings(state)
-  return jax.jit(
-      train_step,
-      in_shardings=(state_sh, batch_shardings(strategy, device.TRAIN_KEYS),
-                    strategy.replicated(), strategy.replicated()),
-      out_shardings=(state_sh, strategy.replicated()),
-      donate_argnums=0, compiler_options=parallel.compiler_options())
-
-
-def batch_shardings(strategy: parallel.Strategy,
-                    keys: tuple[str, ...]) -> dict[str, Any]:
-  """Every key of a batch split like the batch (along its first axis)."""
-  return {k: strategy.batch_sharding() for k in keys}
-
-
-def make_eval_step(spec: models.AlexNetSpec, strategy: parallel.Strategy,
-                   params: Any, norm: device.Normalization, *,
-                   ten_crop: bool) -> Callable:
-  """Compiled (params, batch) -> sums of top-1/top-5 errors and examples.
-
-  `batch['image']` holds uint8 [B, R, R, 3] base images, normalised here
-  once. The centre crop gives 'top1'/'top5'; with `ten_crop` the paper's
-  ten crops also give 'top1_10crop'/'top5_10crop' (softmax averaged over
-  the crops), one crop at a time, the centre one shared by both protocols.
-  Padded examples (mask False) count zero.
-  """
-  apply = parallel.make_apply(spec, strategy, params, train=False)
-  size = spec.input_size
-
-  def eval_step(params, batch):
-    images = device.eval_base_images(batch['image'], norm)
-    mask = batch['mask'].astype(jnp.float32)
-    labels = batch['label']
-
-    def wrong(probs, k):
-      return (wrong_at_k(probs, labels, k) * mask).sum()
-
-    if ten_crop:
-      views = device.ten_crop_views(images.shape[1], size)
-      probs = jax.lax.map(lambda view: jax.nn.softmax(apply(
-          params, device.crop_view(images, view, size), None)), views)
-      centre, ten = probs[device.CENTRE_VIEW], probs.mean(0)
-    else:
-      centre = jax.nn.softmax(apply(params, device.centre_crop(images, size),
-                                    None))
-    sums = {'top1': wrong(centre, 1), 'top5': wrong(centre, 5),
-            'count': mask.sum()}
-    if ten_crop:
-      sums.update({'top1_10crop': wrong(ten, 1), 'top5_10crop': wrong(ten, 5)})
-    return sums
-
-  return jax.jit(eval_step, in_shardings=(
-      _shardings(params), batch_shardings(strategy, device.EVAL_KEYS)),
-                 out_shardings=strategy.replicated(),
-                 compiler_options=parallel.compiler_options())
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 
 
 def evaluate(config: Any, strategy: parallel.Strategy, eval_step: Callable,
@@ -158,11 +35,10 @@ def evaluate(config: Any, strategy: parallel.Strategy, eval_step: Callable,
   One pass over the validation set: each batch of base images gives the
   centre-crop and (if the step computes it) the 10-crop results.
   """
-  from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
   shard, shards = strategy.process_batch_shard()
   iterator = iterators.create_eval_iterator(
       config, process_index=shard, process_count=shards)
-  shardings = batch_shardings(strategy, device.EVAL_KEYS)
+  shardings = steps.batch_shardings(strategy, device.EVAL_KEYS)
   sums = {}
   for batch in iterator:
     out = eval_step(params, iterators.to_global(batch, shardings))
@@ -183,9 +59,9 @@ def evaluate(config: Any, strategy: parallel.Strategy, eval_step: Callable,
 
 
 def _eval_step(config, spec, strategy, params) -> Callable:
-  return make_eval_step(spec, strategy, params,
-                        device.Normalization.from_config(config),
-                        ten_crop=config.eval_ten_crop)
+  return steps.make_eval_step(spec, strategy, params,
+                              device.Normalization.from_config(config),
+                              ten_crop=config.eval_ten_crop)
 
 
 def check_config(config: Any, strategy: parallel.Strategy,
@@ -198,7 +74,6 @@ def check_config(config: Any, strategy: parallel.Strategy,
           f'config.{key}: {size} does not split over the '
           f'{strategy.data_shards}-way data axis and '
           f'{jax.process_count()} processes')
-  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   device.Normalization.from_config(config)  # One-line errors, before data.
   classes = sources.num_classes(config)
   if classes != spec.num_classes:
@@ -225,7 +100,6 @@ def prepare_workdir(workdir: str) -> None:
 
 def total_steps(config: Any) -> tuple[int, float]:
   """(number of train steps, steps per epoch)."""
-  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   steps_per_epoch = sources.num_train_examples(config) / (
       config.batch_size)
   if config.num_train_steps > 0:
@@ -237,7 +111,6 @@ def _gather_over_processes(state: dict[str, int]) -> list[dict[str, int]]:
   """Every process's iterator state, indexed by process (ints only)."""
   if jax.process_count() == 1:
     return [state]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   keys = sorted(state)
   rows = multihost_utils.process_allgather(
       np.array([state[k] for k in keys], np.int64))
@@ -288,7 +161,14 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+# Called after each evaluation with (writer, step, params, config), on every
+# process: what else a run records about its parameters.
+EvalHook = Callable[[logs.MetricsWriter, int, Any, Any], None]
+
+
+def train_and_evaluate(config: Any, workdir: str,
+                       on_evaluate: tuple[EvalHook, ...] = ()
+                       ) -> dict[str, float]:
   """Trains per `config`, resuming from `workdir` if it holds checkpoints.
 
   Returns the last evaluation's metrics.
@@ -296,20 +176,22 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   spec = parallel.spec_of(config)
   strategy = parallel.strategy_from_config(config)
   with jax.set_mesh(strategy.mesh):
-    return _train_and_evaluate(config, workdir, spec, strategy)
+    return _train_and_evaluate(config, workdir, spec, strategy, on_evaluate)
 
 
-def _train_and_evaluate(config, workdir, spec, strategy) -> dict[str, float]:
+def _train_and_evaluate(config, workdir, spec, strategy,
+                        on_evaluate) -> dict[str, float]:
   check_config(config, strategy, spec)
   prepare_workdir(workdir)
   num_steps, steps_per_epoch = total_steps(config)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   tx = optim.create_optimizer(config.optimizer, parallel.abstract_params(spec))
   run = _Run(config, workdir, spec, strategy,
-             create_train_state(spec, strategy, tx, init_rng), steps_per_epoch)
+             steps.create_train_state(spec, strategy, tx, init_rng),
+             steps_per_epoch, on_evaluate)
   run.resume(spec)
-  train_step = make_train_step(spec, strategy, tx, run.state,
-                               device.Normalization.from_config(config))
+  train_step = steps.make_train_step(spec, strategy, tx, run.state,
+                                     device.Normalization.from_config(config))
   eval_step = _eval_step(config, spec, strategy, run.state.params)
   return run.train(num_steps, train_step, eval_step, dropout_rng)
 
@@ -325,10 +207,10 @@ class _Run:
   and the work the schedule puts between steps."""
 
   def __init__(self, config: Any, workdir: str, spec: models.AlexNetSpec,
-               strategy: parallel.Strategy, state: TrainState,
-               steps_per_epoch: float):
-    from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
+               strategy: parallel.Strategy, state: steps.TrainState,
+               steps_per_epoch: float, on_evaluate: tuple[EvalHook, ...]):
     self.config, self.workdir, self.strategy = config, workdir, strategy
+    self.on_evaluate = on_evaluate
     self.state = state
     self.policy = optim.LearningRatePolicy.from_config(config.optimizer,
                                                        steps_per_epoch)
@@ -354,7 +236,7 @@ class _Run:
     if latest is None:
       return
     step, restored = latest
-    self.state = TrainState(
+    self.state = steps.TrainState(
         jax.device_put(jnp.int32(step), self.strategy.replicated()),
         restored['params'], restored['opt_state'])
     _restore_data_position(self.train_iter, restored['progress']['data'])
@@ -367,7 +249,6 @@ class _Run:
     """Steps up to `num_steps`, logging, evaluating and saving as the
     config schedules; SIGTERM or SIGINT saves and returns early. Returns
     the last evaluation's metrics."""
-    from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
     config = self.config
     self.writer = logs.MetricsWriter(self.workdir)
     logs.console(f'{config.mode} mode on mesh '
@@ -376,7 +257,7 @@ class _Run:
                  f'{self.ckpt_dir}; metrics: {self.writer.jsonl_path}')
     batches = iterators.prefetch_to_device(
         self.train_iter, config.input.prefetch_batches,
-        batch_shardings(self.strategy, device.TRAIN_KEYS))
+        steps.batch_shardings(self.strategy, device.TRAIN_KEYS))
     first_step = int(self.state.step)
     self.progress = logs.Progress(first_step, num_steps)
     with _StopRequest() as stop, batches:
@@ -446,9 +327,8 @@ class _Run:
     logs.console(f'eval at step {done}: ' + '  '.join(
         f'{k.split("/")[1]} {v:.4f}' if isinstance(v, float)
         else f'{k.split("/")[1]} {v}' for k, v in self.last_eval.items()))
-    scores = towers.log_conv1(self.writer, done, self.state.params,
-                              self.config.input)
-    logs.console('color_specificity ' + ' '.join(f'{s:.4f}' for s in scores))
+    for hook in self.on_evaluate:
+      hook(self.writer, done, self.state.params, self.config)
     self.progress.report(done)  # Evaluation time is not training time.
 
   def _save(self, step: int) -> None:
@@ -456,7 +336,7 @@ class _Run:
     data position and the learning-rate policy."""
     self._flush()
     # A finite loss can still be followed by an update that overflows.
-    if not _all_finite(self.state.params):
+    if not steps.all_finite(self.state.params):
       self.mngr.wait_until_finished()
       raise FloatingPointError(
           f'non-finite parameters at step {step}; stopped. The latest '

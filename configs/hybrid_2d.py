@@ -2,7 +2,7 @@
 (`fc` axis), the batch split over every device, FC gradients all-reduced
 across hosts (`data` axis). 16 devices: a v5e:4x4 slice (4 hosts of 4
 chips) or two 8-GPU nodes. Batch and learning rate scaled linearly from the
-paper's 128 and 0.01, as OWT did (SPEC.md section 5)."""
+paper's 128 and 0.01, as OWT did (docs/paper.md, Parallelism)."""
 
 from alexnet_jax import defaults
 

@@ -5,9 +5,9 @@
 #
 # Usage: launch/ablations.sh [RUNS_DIR] [REPORT_DIR] [SCALING_DIR]
 #   RUNS_DIR     workdirs, one per run (default /tmp/alexnet_jax_ablations)
-#   REPORT_DIR   Markdown table and plots (default docs/ablations)
-#   SCALING_DIR  the scaling study (default docs/scaling): every mode
-#                projected on H100 nodes and v5e slices (alexnet_jax.plan),
+#   REPORT_DIR   Markdown table and plots (default docs/results/ablations)
+#   SCALING_DIR  the scaling study (default docs/results/scaling): every mode
+#                projected on H100 nodes and v5e slices (alexnet_jax.tools.plan),
 #                and the full-size train step compiled for v5e slices of
 #                4-256 chips (needs the tpu extra; each compile takes a
 #                minute or two on a small CPU, about 30 minutes in all)
@@ -22,7 +22,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 runs_dir=${1:-/tmp/alexnet_jax_ablations}
-report_dir=${2:-$repo/docs/ablations}
+report_dir=${2:-$repo/docs/results/ablations}
 steps=${STEPS:-200}
 python=${PYTHON:-python}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
@@ -66,7 +66,7 @@ run() {
   rm -rf "$workdir"
   "$python" -m alexnet_jax.main --config="$repo/$config" \
     --workdir="$workdir" "${SMALL[@]}" "$@" > "$runs_dir/$name.log" 2>&1
-  "$python" -m alexnet_jax.cost --config="$repo/$config" \
+  "$python" -m alexnet_jax.tools.cost --config="$repo/$config" \
     --json_out="$workdir/cost.json" "${SMALL[@]}" "$@" \
     > "$workdir/cost.txt" 2>&1
   tail -n 2 "$workdir/cost.txt"
@@ -75,13 +75,13 @@ run() {
 # The scaling study: mode, then slice; 128 images per chip. A mode that
 # cannot run on a slice (hybrid's 1000 classes beyond 8 chips) says why in
 # its .txt and is left out of the table.
-scaling_dir=${3:-$repo/docs/scaling}
+scaling_dir=${3:-$repo/docs/results/scaling}
 compile_on() {  # mode config slice [cost flags...]
   local mode=$1 config=$2 slice=$3 out
   shift 3
   out=$runs_dir/scaling_${mode}_${slice/:/_}
   echo "== $mode on $slice"
-  if "$python" -m alexnet_jax.cost --config="$repo/$config" \
+  if "$python" -m alexnet_jax.tools.cost --config="$repo/$config" \
       --topology="$slice" --json_out="$out.json" "$@" > "$out.txt" 2>&1; then
     jsons+=("$out.json")
   else
@@ -103,13 +103,13 @@ scaling() {
     compile_on hybrid_2d configs/hybrid_2d.py "$slice" \
       --batch_size=$(( 128 * chips ))
   done
-  "$python" -m alexnet_jax.report --scaling=h100_sxm8,tpu_v5e \
+  "$python" -m alexnet_jax.tools.report --scaling=h100_sxm8,tpu_v5e \
     --out="$scaling_dir" \
     --cost_json="$(IFS=,; echo "${jsons[*]}")" --intro="$(cat <<INTRO
 Made by \`SCALING_ONLY=1 launch/ablations.sh\`: the compiled tables come
 from the full-size train step compiled for v5e slices of 4 to 256 chips
-(128 images per chip; \`python -m alexnet_jax.cost --topology\`); every
-time is \`alexnet_jax.plan\`'s projection. Nothing here ran on a GPU or a
+(128 images per chip; \`python -m alexnet_jax.tools.cost --topology\`); every
+time is \`alexnet_jax.tools.plan\`'s projection. Nothing here ran on a GPU or a
 TPU.
 INTRO
 )"
@@ -133,7 +133,7 @@ done
 
 names=(tower single data hybrid data_tower half_width_one_tower no_dropout
        no_lrn no_overlap_pool no_pca_lighting tanh)
-"$python" -m alexnet_jax.report "${names[@]/#/$runs_dir/}" \
+"$python" -m alexnet_jax.tools.report "${names[@]/#/$runs_dir/}" \
   --out="$report_dir" --intro="$(cat <<INTRO
 Made by \`launch/ablations.sh\`: $steps steps of batch 32 per run, 67x67
 inputs, a quarter of the paper's widths, He initialisation, 8 synthetic
@@ -150,7 +150,7 @@ of sampling noise. Differences smaller than that spread mean nothing.
 
 What it does show: every mode and ablation trains end to end from the same
 data and seeds, and the collective bytes and memory per device are what
-each compiled train step moves and holds (\`python -m alexnet_jax.cost\`
+each compiled train step moves and holds (\`python -m alexnet_jax.tools.cost\`
 gives them at full size and projects step times with --link_gbps and
 --device_tflops).
 INTRO

@@ -4,7 +4,7 @@ Both must be configured before JAX initialises its backends, which is why
 this runs at import time, before any test module imports JAX. The suite runs
 on the CPU on every host, a GPU or TPU one included (subprocesses inherit
 JAX_PLATFORMS); TPU slices are still described through libtpu
-(`alexnet_jax.topology`), which needs no TPU backend.
+(`alexnet_jax.analysis.placement`), which needs no TPU backend.
 """
 
 import os

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from alexnet_jax import benchmark
+from alexnet_jax.tools import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +21,7 @@ def test_contenders_take_turns():
 def test_command_times_jax_and_torch_in_one_run():
   """The demo net, tower mode on 2 CPU devices, against the PyTorch mirror."""
   result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark',
+      [sys.executable, '-m', 'alexnet_jax.tools.benchmark',
        '--config=configs/demo.py', '--batch_size=4', '--steps=2',
        '--warmup=1', '--reference=torch'],
       cwd=ROOT, capture_output=True, text=True, check=True)

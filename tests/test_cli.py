@@ -11,18 +11,23 @@ from absl import flags
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TOOLS = sorted(path.stem for path in (REPO / 'alexnet_jax').glob('*.py')
-               if "if __name__ == '__main__':" in path.read_text())
+# Every program, by module name under alexnet_jax: main, and tools/*.
+TOOLS = sorted(
+    '.'.join(path.relative_to(REPO / 'alexnet_jax').with_suffix('').parts)
+    for path in (REPO / 'alexnet_jax').rglob('*.py')
+    if "if __name__ == '__main__':" in path.read_text())
 
 
 def test_the_tools_are_found():
-  assert {'main', 'convert', 'cost', 'plan', 'predict', 'report',
-          'visualize'} <= set(TOOLS)
+  assert {'main', 'tools.convert', 'tools.cost', 'tools.plan',
+          'tools.predict', 'tools.report', 'tools.visualize'} <= set(TOOLS)
+  assert all(tool == 'main' or tool.startswith('tools.') for tool in TOOLS)
 
 
 def test_every_tool_runs_through_cli_run():
   for tool in TOOLS:
-    source = (REPO / 'alexnet_jax' / f'{tool}.py').read_text()
+    source = (REPO / 'alexnet_jax' / f'{tool.replace(".", "/")}.py'
+              ).read_text()
     block = source[source.index("if __name__ == '__main__':"):]
     assert block.split('\n', 1)[1].strip().startswith(
         'cli.run(main, define_flags'), tool

@@ -15,8 +15,10 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import steps
 from alexnet_jax import defaults
-from alexnet_jax import hlo, optim, parallel, train
+from alexnet_jax import optim, parallel, train
+from alexnet_jax.analysis import hlo
 from alexnet_jax.data import device
 
 BATCH = 8
@@ -28,8 +30,8 @@ def _step_texts(spec, mode, devices) -> tuple[str, str]:
   with jax.set_mesh(strategy.mesh):
     tx = optim.create_optimizer(defaults.get_config().optimizer,
                                 parallel.abstract_params(spec))
-    state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
-    step = train.make_train_step(
+    state = steps.create_train_state(spec, strategy, tx, jax.random.key(0))
+    step = steps.make_train_step(
         spec, strategy, tx, state,
         device.Normalization.from_config(defaults.get_config()))
     batch = {k: jax.ShapeDtypeStruct(shape, dtype,

@@ -93,7 +93,7 @@ def test_unknown_key_names_the_key_and_the_closest_one(path, message):
 
 
 @pytest.mark.parametrize('module,args', [
-    ('main', ['--workdir=unused']), ('summary', [])])
+    ('main', ['--workdir=unused']), ('tools.summary', [])])
 def test_misspelt_override_is_one_line_from_the_entry_points(module, args):
   result = subprocess.run(
       [sys.executable, '-m', f'alexnet_jax.{module}',

@@ -21,11 +21,11 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import checkpoint
-from alexnet_jax import convert
+from alexnet_jax import pretrained
 from alexnet_jax import defaults
 from alexnet_jax import models
 from alexnet_jax import parallel
-from alexnet_jax import predict
+from alexnet_jax.analysis import inference
 from alexnet_jax import train
 import experiment_config
 
@@ -134,8 +134,8 @@ def torchvision_files(tmp_path_factory):
   root = tmp_path_factory.mktemp('torchvision')
   pth, ckpt = str(root / 'alexnet.pth'), str(root / 'ckpt')
   torch.save(module.state_dict(), pth)
-  convert.convert_from('torchvision', pth, ckpt)
-  return module, ckpt, convert.load_checkpoint(ckpt)
+  pretrained.convert_from('torchvision', pth, ckpt)
+  return module, ckpt, checkpoint.load_params(ckpt)
 
 
 def test_torchvision_conversion_matches_torch_logits(torchvision_files):
@@ -152,7 +152,7 @@ def test_torchvision_conversion_matches_torch_logits(torchvision_files):
 
 def test_ours_to_torchvision_and_back_is_exact(torchvision_files):
   _, _, (params, spec, _) = torchvision_files
-  back = convert.from_torchvision(convert.to_torchvision(params, spec), spec)
+  back = pretrained.from_torchvision(pretrained.to_torchvision(params, spec), spec)
   jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
@@ -162,7 +162,7 @@ def test_to_torchvision_cli_writes_the_original_file(torchvision_files,
   so the exported file is right, not only invertible."""
   torch = _torch()
   module, ckpt, _ = torchvision_files
-  convert.convert_to_torchvision(ckpt, str(tmp_path / 'back.pth'))
+  pretrained.convert_to_torchvision(ckpt, str(tmp_path / 'back.pth'))
   back = torch.load(str(tmp_path / 'back.pth'))
   original = module.state_dict()
   assert list(back) == list(original)
@@ -173,15 +173,15 @@ def test_to_torchvision_cli_writes_the_original_file(torchvision_files,
 def test_to_torchvision_refuses_other_architectures():
   spec = models.VARIANTS['paper']
   with pytest.raises(ValueError, match=r'^model\.num_towers: 2 .* needs 1'):
-    convert.to_torchvision(_he_params(dataclasses.replace(
+    pretrained.to_torchvision(_he_params(dataclasses.replace(
         spec, **SMALL), seed=0), dataclasses.replace(spec, **SMALL))
 
 
 def _torchvision_like_state():
   """Zero arrays of torchvision alexnet's keys and shapes (no memory used)."""
-  return {f'{convert.TORCHVISION_NAMES[layer]}.{kind}': np.zeros(shape,
+  return {f'{pretrained.TORCHVISION_NAMES[layer]}.{kind}': np.zeros(shape,
                                                                  np.float32)
-          for layer, shapes in convert.dense_shapes(
+          for layer, shapes in pretrained.dense_shapes(
               models.VARIANTS['owt']).items()
           for kind, shape in zip(('weight', 'bias'), shapes)}
 
@@ -199,7 +199,7 @@ def test_bad_torchvision_state_dict_names_key_and_shape(change, message):
   state = _torchvision_like_state()
   change(state)
   with pytest.raises(ValueError, match=message) as error:
-    convert.from_torchvision(state, models.VARIANTS['owt'])
+    pretrained.from_torchvision(state, models.VARIANTS['owt'])
   assert '\n' not in str(error.value)
 
 
@@ -207,7 +207,7 @@ def test_resnet_state_dict_is_refused():
   state = {'conv1.weight': np.zeros((64, 3, 7, 7)), 'fc.bias': np.zeros(1000)}
   with pytest.raises(ValueError, match=r'^features\.0\.weight: missing; '
                      r'expected shape \(64, 3, 11, 11\)'):
-    convert.from_torchvision(state, models.VARIANTS['owt'])
+    pretrained.from_torchvision(state, models.VARIANTS['owt'])
 
 
 # ---------------------------------------------------------------------------
@@ -268,8 +268,8 @@ def caffe_files(tmp_path_factory):
   root = tmp_path_factory.mktemp('caffe')
   npy, ckpt = str(root / 'bvlc_alexnet.npy'), str(root / 'ckpt')
   np.save(npy, blobs, allow_pickle=True)
-  convert.convert_from('caffe', npy, ckpt)
-  return blobs, ckpt, convert.load_checkpoint(ckpt)
+  pretrained.convert_from('caffe', npy, ckpt)
+  return blobs, ckpt, checkpoint.load_params(ckpt)
 
 
 def test_caffe_conversion_matches_caffe_semantics(caffe_files):
@@ -286,7 +286,7 @@ def test_caffe_conversion_matches_caffe_semantics(caffe_files):
 
 def test_caffe_tensorflow_layout_gives_the_same_params(caffe_files):
   blobs, _, (params, spec, _) = caffe_files
-  from_tf = convert.from_caffe(_to_caffe_tensorflow_layout(blobs), spec)
+  from_tf = pretrained.from_caffe(_to_caffe_tensorflow_layout(blobs), spec)
   jax.tree.map(np.testing.assert_array_equal, from_tf, params)
 
 
@@ -315,7 +315,7 @@ def test_fine_tuned_caffe_model_is_refused():
   with pytest.raises(ValueError, match=(
       r'^fc8\[0\]: shape \(10, 4096\), expected \(1000, 4096\) '
       r'\(bvlc_alexnet, Caffe layout\)$')):
-    convert.from_caffe(blobs, models.VARIANTS['caffe'])
+    pretrained.from_caffe(blobs, models.VARIANTS['caffe'])
 
 
 def test_converted_checkpoint_runs_in_eval_only_mode(caffe_files, tmp_path):
@@ -329,7 +329,7 @@ def test_converted_checkpoint_runs_in_eval_only_mode(caffe_files, tmp_path):
   for path in ('train/c0000/a.png', 'val/c0000/b.png', 'val/c0001/c.png'):
     Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(
         root / path)
-  config = convert.pretrained_config('caffe')
+  config = pretrained.pretrained_config('caffe')
   config.dataset = f'folder:{root}'
   config.eval_batch_size = 2
   config.eval_ten_crop = False
@@ -342,7 +342,7 @@ def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
   blobs = {'conv1': [np.zeros(CAFFE_SHAPES['conv1']), np.zeros(96)]}
   np.save(tmp_path / 'bad.npy', blobs, allow_pickle=True)
   run = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.convert', '--from=caffe',
+      [sys.executable, '-m', 'alexnet_jax.tools.convert', '--from=caffe',
        str(tmp_path / 'bad.npy'), f'--out={tmp_path / "ckpt"}'],
       cwd=REPO, capture_output=True, text=True, check=False)
   assert run.returncode == 1
@@ -380,7 +380,7 @@ def test_torch_mirror_owt_matches_torchvision_key_map():
   _he_init_(torch, mirror, seed=10)
   reference = _torchvision_alexnet(torch)
   reference.load_state_dict({
-      f'{convert.TORCHVISION_NAMES[k.split(".")[0]]}.{k.split(".")[1]}': v
+      f'{pretrained.TORCHVISION_NAMES[k.split(".")[0]]}.{k.split(".")[1]}': v
       for k, v in mirror.state_dict().items()})
   images = np.random.default_rng(11).standard_normal(
       (2, 224, 224, 3)).astype(np.float32)
@@ -395,14 +395,14 @@ def test_torch_mirror_owt_matches_torchvision_key_map():
 @pytest.fixture(scope='module')
 def small_caffe_checkpoint(tmp_path_factory):
   """A narrow net in Caffe's conventions (BGR, 0..255, 227 crops)."""
-  config = convert.pretrained_config('caffe')
+  config = pretrained.pretrained_config('caffe')
   config.model.conv_features = SMALL['conv_features']
   config.model.fc_features = SMALL['fc_features']
   config.model.num_classes = SMALL['num_classes']
   spec = parallel.spec_of(config)
   params = _he_params(spec, seed=12)
   ckpt = str(tmp_path_factory.mktemp('predict') / 'ckpt')
-  convert.save_checkpoint(params, config, ckpt)
+  pretrained.save_checkpoint(params, config, ckpt)
   return params, spec, ckpt
 
 
@@ -418,7 +418,7 @@ def test_predict_cli_uses_the_checkpoints_conventions(small_caffe_checkpoint,
   batch = rng.uniform(-100, 100, (3, 227, 227, 3)).astype(np.float32)
   np.save(tmp_path / 'b.npy', batch)
   run = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.predict', f'--checkpoint={ckpt}',
+      [sys.executable, '-m', 'alexnet_jax.tools.predict', f'--checkpoint={ckpt}',
        f'--out={tmp_path / "out.npz"}', str(tmp_path / 'b.npy'),
        str(tmp_path / 'a.png')],
       cwd=REPO, capture_output=True, text=True, check=True)
@@ -431,18 +431,18 @@ def test_predict_cli_uses_the_checkpoints_conventions(small_caffe_checkpoint,
   assert names == [f'{tmp_path / "b.npy"}[{i}]' for i in range(3)] + [
       str(tmp_path / 'a.png')]
   lines = run.stdout.splitlines()
-  assert len(lines) == 4 * (1 + predict.TOP_K)
-  assert lines[-6:] == predict.top_k_lines(names[-1], want[-1], None)
+  assert len(lines) == 4 * (1 + inference.TOP_K)
+  assert lines[-6:] == inference.top_k_lines(names[-1], want[-1], None)
 
 
 def test_torchvision_convention_divides_by_std(tmp_path):
   pixels = np.random.default_rng(14).integers(0, 256, (256, 256, 3), np.uint8)
   Image.fromarray(pixels).save(tmp_path / 'a.png')
-  config = convert.pretrained_config('torchvision')
+  config = pretrained.pretrained_config('torchvision')
   meta = {'input': config.input.to_dict(), 'model': {'input_size': 224},
           'dataset': 'imagenet2012'}
-  images, _ = predict.load_images([str(tmp_path / 'a.png')],
-                                  predict.eval_config(meta))
+  images, _ = inference.load_images([str(tmp_path / 'a.png')],
+                                  inference.eval_config(meta))
   # torchvision: ToTensor (x / 255), Normalize(mean, std), centre 224 crop.
   expected = ((pixels[16:240, 16:240] / 255.0 - config.input.mean_rgb) /
               defaults.IMAGENET_STD_RGB)
@@ -451,7 +451,7 @@ def test_torchvision_convention_divides_by_std(tmp_path):
 
 def test_predict_top5_lines():
   logits = np.log(np.array([0.05, 0.4, 0.1, 0.2, 0.15, 0.06, 0.04]))
-  lines = predict.top_k_lines('x.jpg', logits, ['a', 'b', 'c', 'd', 'e', 'f',
+  lines = inference.top_k_lines('x.jpg', logits, ['a', 'b', 'c', 'd', 'e', 'f',
                                                 'g'])
   assert lines == ['x.jpg:', '  0.4000  1 b', '  0.2000  3 d',
                    '  0.1500  4 e', '  0.1000  2 c', '  0.0600  5 f']
@@ -462,9 +462,9 @@ def test_predict_rejects_wrong_npy_shape(small_caffe_checkpoint, tmp_path):
   np.save(tmp_path / 'x.npy', np.zeros((2, 224, 224, 3), np.float32))
   with pytest.raises(ValueError, match=r'shape \(2, 224, 224, 3\), expected '
                      r'\[N, 227, 227, 3\]'):
-    predict.predict(ckpt, [str(tmp_path / 'x.npy')])
+    inference.predict(ckpt, [str(tmp_path / 'x.npy')])
 
 
 def test_imagenet_class_names_need_no_data():
-  names = predict.class_names('imagenet2012', 1000)
+  names = inference.class_names('imagenet2012', 1000)
   assert names[0] == 'n01440764' and len(names) == 1000

@@ -1,7 +1,7 @@
 """The cost model equals what the compiler produced, term by term.
 
 If the model, a mode or the train step changes its communication, these
-tests fail until `alexnet_jax/cost.py` says why.
+tests fail until `alexnet_jax/tools/cost.py` says why.
 """
 
 import os
@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-from alexnet_jax import cost, models
+from alexnet_jax.analysis import compiled
+from alexnet_jax.analysis import comms
+from alexnet_jax import models
+from alexnet_jax.tools import cost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,9 +25,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_measured_collective_bytes_equal_the_analytical_model(
     tiny_config_factory, mode, devices, batch, fc_shards):
   config = tiny_config_factory(mode=mode, num_devices=devices)
-  net = cost.net_shape(models.spec_from_config(config.model))
+  net = comms.net_shape(models.spec_from_config(config.model))
   result = cost.report(mode, devices, batch, net,
-                       cost.measure(config, mode, devices, batch,
+                       compiled.measure(config, mode, devices, batch,
                                     fc_shards=fc_shards))
   measured, expected = result['measured'], result['analytical']
   assert measured['collective_bytes'] == expected['collective_bytes']
@@ -42,8 +45,8 @@ def test_measured_collective_bytes_equal_the_analytical_model(
 
 def test_data_mode_all_reduces_every_parameter(tiny_config_factory):
   config = tiny_config_factory(mode='data', num_devices=2)
-  net = cost.net_shape(models.spec_from_config(config.model))
-  measured = cost.measure(config, 'data', 2, 8)
+  net = comms.net_shape(models.spec_from_config(config.model))
+  measured = compiled.measure(config, 'data', 2, 8)
   reduced = sum(t.result_bytes for t in measured['terms']
                 if t.kind == 'all-reduce')
   params = (net.conv_params + net.fc_params) * 4
@@ -51,28 +54,28 @@ def test_data_mode_all_reduces_every_parameter(tiny_config_factory):
 
 
 def test_paper_tower_exchange_is_the_spec_figure():
-  net = cost.net_shape(models.VARIANTS['paper'])
-  terms = cost.analytical_terms('tower', 2, 128, net)
-  per_image = 30_336 * 4  # Bytes per image per tower, each way (SPEC 5).
+  net = comms.net_shape(models.VARIANTS['paper'])
+  terms = comms.analytical_terms('tower', 2, 128, net)
+  per_image = 30_336 * 4  # Bytes per image per tower, each way (docs/paper.md).
   forward = sum(t.bytes for t in terms if t.what.startswith('fwd'))
   backward = sum(t.bytes for t in terms if t.what.startswith('bwd'))
   assert backward == 128 * per_image
   assert forward == 128 * (per_image + 500 * 4)  # And the logits.
-  data = cost.total_bytes(cost.analytical_terms('data', 2, 128, net))
-  assert 7.5 < data / (forward + backward) < 8.0  # SPEC: "about 8x".
+  data = comms.total_bytes(comms.analytical_terms('data', 2, 128, net))
+  assert 7.5 < data / (forward + backward) < 8.0  # docs/paper.md: "about 8 times".
   assert net.macs == 724_406_816
 
 
 def test_received_bytes_use_ring_factors():
-  assert cost.received_bytes('all-gather', 800, 8) == 700
-  assert cost.received_bytes('reduce-scatter', 100, 8) == 700
-  assert cost.received_bytes('all-reduce', 800, 8) == 1400
-  assert cost.received_bytes('all-reduce', 800, 1) == 0
+  assert comms.received_bytes('all-gather', 800, 8) == 700
+  assert comms.received_bytes('reduce-scatter', 100, 8) == 700
+  assert comms.received_bytes('all-reduce', 800, 8) == 1400
+  assert comms.received_bytes('all-reduce', 800, 1) == 0
 
 
 def test_cli_plans_past_the_devices_we_have():
   out = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.cost',
+      [sys.executable, '-m', 'alexnet_jax.tools.cost',
        f'--config={REPO}/configs/data_parallel.py', '--devices=64',
        '--batch_size=8192', '--analytical_only', '--link_gbps=100',
        '--device_tflops=100'],

@@ -15,7 +15,7 @@ import pytest
 from alexnet_jax import defaults
 from alexnet_jax import models, parallel
 
-# SPEC.md section 1.
+# docs/paper.md, Architecture.
 PAPER_LAYER_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120,
                       'conv4': 663_936, 'conv5': 442_624, 'fc6': 37_752_832,
                       'fc7': 16_781_312, 'fc8': 4_097_000}
@@ -105,7 +105,7 @@ def test_non_overlapping_pooling_keeps_shapes():
 
 
 def _lrn_reference(x, k, n, alpha, beta, alpha_over_n):
-  """The formula of SPEC.md, one channel at a time, in float64."""
+  """The formula of docs/paper.md, one channel at a time, in float64."""
   x = x.astype(np.float64)
   channels = x.shape[-1]
   out = np.empty_like(x)
@@ -244,7 +244,7 @@ def test_unknown_model_field_is_rejected():
 def test_summary_cli_prints_exact_totals():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.summary',
+      [sys.executable, '-m', 'alexnet_jax.tools.summary',
        f'--config={repo}/configs/two_tower.py'],
       env=dict(os.environ, PYTHONPATH=repo), capture_output=True, text=True,
       check=True).stdout.splitlines()

@@ -29,7 +29,7 @@ def _run(opt_config, params, grads_seq, lrs):
 
 
 def _numpy_paper(params, grads_seq, lrs, decay_biases):
-  """v <- 0.9 v - 0.0005 lr w - lr g;  w <- w + v (SPEC.md section 3)."""
+  """v <- 0.9 v - 0.0005 lr w - lr g;  w <- w + v (docs/paper.md)."""
   params = {k: dict(v) for k, v in params.items()}
   velocity = {k: {n: np.zeros_like(a) for n, a in v.items()}
               for k, v in params.items()}

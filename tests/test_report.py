@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from alexnet_jax import report
+from alexnet_jax.tools import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +58,7 @@ def test_wall_time_excludes_evaluation(tmp_path):
 
 def test_cli(tmp_path):
   run = _workdir(tmp_path / 'r', 'single', 1, [0.5], [10])
-  subprocess.run([sys.executable, '-m', 'alexnet_jax.report', run,
+  subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.report', run,
                   f'--out={tmp_path}/out'], check=True, capture_output=True,
                  env=dict(os.environ, PYTHONPATH=REPO))
   assert '| r | single |' in (tmp_path / 'out' / 'README.md').read_text()
@@ -77,7 +77,7 @@ def _compiled_slice(path):
 
 def _scaling(tmp_path, *flags):
   return subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.report', f'--out={tmp_path}',
+      [sys.executable, '-m', 'alexnet_jax.tools.report', f'--out={tmp_path}',
        *flags], env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
       text=True)
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from alexnet_jax import synthetic
+from alexnet_jax.data import synthetic
 
 _PARAMS = dict(num_classes=3, train_per_class=3, val_per_class=1, seed=5)
 

@@ -12,7 +12,13 @@ import sys
 
 import pytest
 
-from alexnet_jax import cost, models, parallel, topology
+from alexnet_jax.analysis import hlo
+from alexnet_jax import hardware
+from alexnet_jax.analysis import compiled
+from alexnet_jax.analysis import comms
+from alexnet_jax import aot
+from alexnet_jax import models, parallel
+from alexnet_jax.analysis import placement
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLICE = 'v5e:2x4'
@@ -24,13 +30,13 @@ TINY = ['--config.model.input_size=67',
 
 @pytest.fixture(scope='module')
 def slice_devices():
-  return topology.topology_devices(SLICE)
+  return aot.topology_devices(SLICE)
 
 
 @pytest.fixture(scope='module')
 def data_tower_on_slice(tiny_config_factory, slice_devices):
   config = tiny_config_factory(mode='data_tower', num_devices=8)
-  return config, cost.measure(config, 'data_tower', 8, 8, slice_devices)
+  return config, compiled.measure(config, 'data_tower', 8, 8, slice_devices)
 
 
 def _run(module, *args):
@@ -42,7 +48,7 @@ def _run(module, *args):
 
 def test_slice_is_described_without_a_tpu(slice_devices):
   assert len(slice_devices) == 8
-  assert topology.hosts(slice_devices) == 2
+  assert placement.hosts(slice_devices) == 2
   assert {d.device_kind for d in slice_devices} == {'TPU v5 lite'}
 
 
@@ -50,7 +56,7 @@ def test_tower_axis_stays_on_one_host_and_data_crosses_hosts(
     small_spec, slice_devices):
   strategy = parallel.create_strategy('data_tower', 8, small_spec, 8,
                                       devices=slice_devices)
-  axes = {a['axis']: a for a in topology.axis_placement(strategy.mesh)}
+  axes = {a['axis']: a for a in placement.axis_placement(strategy.mesh)}
   assert axes['tower']['within_host'] and axes['tower']['size'] == 2
   assert not axes['data']['within_host'] and axes['data']['size'] == 4
   # The paper's two towers: two neighbouring chips of one host.
@@ -64,36 +70,36 @@ def test_hybrid_2d_splits_fc_within_a_host_and_batch_across_hosts(
     small_spec, slice_devices):
   strategy = parallel.create_strategy('hybrid_2d', 8, small_spec, 8,
                                       devices=slice_devices)
-  axes = {a['axis']: a for a in topology.axis_placement(strategy.mesh)}
+  axes = {a['axis']: a for a in placement.axis_placement(strategy.mesh)}
   assert dict(strategy.mesh.shape) == {'data': 2, 'fc': 4}  # 4 chips a host.
   assert axes['fc']['within_host'] and not axes['data']['within_host']
 
 
 def test_replica_groups_in_every_hlo_form():
-  assert topology.replica_groups(
+  assert hlo.replica_groups(
       'all-gather(x), replica_groups={{0,1},{2,3}}, dimensions={0}', 4) == [
           [0, 1], [2, 3]]
-  assert topology.replica_groups(
+  assert hlo.replica_groups(
       'all-reduce(x), replica_groups=[2,4]<=[4,2]T(1,0), to_apply=add',
       8) == [[0, 2, 4, 6], [1, 3, 5, 7]]
-  assert topology.replica_groups(
+  assert hlo.replica_groups(
       'all-reduce(x), replica_groups=[1,4]<=[4], to_apply=add', 4) == [
           [0, 1, 2, 3]]
-  assert topology.replica_groups(
+  assert hlo.replica_groups(
       'collective-permute(x), source_target_pairs={{0,1},{1,0}}', 2) == [
           [0, 1], [1, 0]]
-  assert topology.replica_groups('all-reduce(x), replica_groups={}', 3) == [
+  assert hlo.replica_groups('all-reduce(x), replica_groups={}', 3) == [
       [0, 1, 2]]
 
 
 def test_compiled_step_on_the_slice(data_tower_on_slice):
   config, measured = data_tower_on_slice
-  net = cost.net_shape(models.spec_from_config(config.model))
-  expected = cost.analytical_figures('data_tower', 8, 8, net)
+  net = comms.net_shape(models.spec_from_config(config.model))
+  expected = comms.analytical_figures('data_tower', 8, 8, net)
   assert measured['device_kind'] == 'TPU v5 lite'
   assert measured['param_bytes'] == expected['param_bytes']
   assert 0 < measured['estimated_step_seconds'] < 1
-  assert 0 < measured['peak_memory_bytes'] < topology.HBM_BYTES['TPU v5 lite']
+  assert 0 < measured['peak_memory_bytes'] < hardware.HBM_BYTES['TPU v5 lite']
   lines = measured['placement']
   assert '  axis data (size 4): physical dimension y, across hosts' in lines
   assert '  axis tower (size 2): physical dimension x, within a host' in lines
@@ -117,7 +123,7 @@ def test_process_without_mesh_devices_gets_a_config_error(
 
 
 def test_cost_cli_names_a_bad_topology():
-  out = _run('cost', f'--config={REPO}/configs/two_tower.py',
+  out = _run('tools.cost', f'--config={REPO}/configs/two_tower.py',
              '--topology=v9z:2x2')
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1].startswith(

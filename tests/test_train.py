@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import steps
 from alexnet_jax import checkpoint, parallel, train
 from alexnet_jax.data import device
 
@@ -100,7 +101,7 @@ def test_eval_step_gives_both_protocols_from_one_batch(small_spec):
   # the last two examples are padding.
   labels = np.concatenate([centre[:4].argmax(-1), centre[4:].argmin(-1)])
   mask = np.arange(batch) < 6
-  step = train.make_eval_step(small_spec, strategy, params, norm,
+  step = steps.make_eval_step(small_spec, strategy, params, norm,
                               ten_crop=True)
   out = step(params, {'image': images, 'label': labels.astype(np.int32),
                       'mask': mask})
@@ -110,7 +111,7 @@ def test_eval_step_gives_both_protocols_from_one_batch(small_spec):
     assert float(out[f'top{k}']) == _wrong_at_k(centre, labels, k)[mask].sum()
     assert float(out[f'top{k}_10crop']) == _wrong_at_k(ten, labels,
                                                         k)[mask].sum()
-  centre_only = train.make_eval_step(small_spec, strategy, params, norm,
+  centre_only = steps.make_eval_step(small_spec, strategy, params, norm,
                                      ten_crop=False)(
       params, {'image': images, 'label': labels.astype(np.int32),
                'mask': mask})
@@ -120,10 +121,12 @@ def test_eval_step_gives_both_protocols_from_one_batch(small_spec):
 
 
 def test_steps_build_without_tensorflow():
-  """The GPU machines have no TensorFlow: only reading data may need it."""
+  """The GPU machines have no TensorFlow: only reading data (the loop in
+  `train`) may need it; the steps, their benchmark and cost do not."""
   subprocess.run(
-      [sys.executable, '-c', 'import sys, alexnet_jax.train, '
-       'alexnet_jax.benchmark, alexnet_jax.cost, alexnet_jax.data.device; '
+      [sys.executable, '-c', 'import sys, alexnet_jax.steps, alexnet_jax.aot, '
+       'alexnet_jax.tools.benchmark, alexnet_jax.tools.cost, '
+       'alexnet_jax.data.device; '
        'assert "tensorflow" not in sys.modules, "tensorflow imported"'],
       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True)
 

@@ -11,14 +11,14 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import convert
-from alexnet_jax import predict
-from alexnet_jax import synthetic
-from alexnet_jax import towers
+from alexnet_jax import checkpoint
 from alexnet_jax import train
-from alexnet_jax import visualize
+from alexnet_jax.analysis import towers
 from alexnet_jax.data import device
 from alexnet_jax.data import iterators
+from alexnet_jax.data import synthetic
+from alexnet_jax.analysis import inference
+from alexnet_jax.analysis import features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RGB = {'channel_order': 'RGB', 'std_rgb': None}
@@ -87,14 +87,14 @@ def test_kernels_are_read_in_the_checkpoints_rgb_pixel_space():
 def test_nearest_neighbors_by_l2_and_cosine():
   queries = np.array([[1.0, 0.0]])
   pool = np.array([[10.0, 0.0], [0.9, 0.3], [-1.0, 0.0]])
-  idx, dist = visualize.nearest_neighbors(queries, pool, 2, 'l2')
+  idx, dist = features.nearest_neighbors(queries, pool, 2, 'l2')
   np.testing.assert_array_equal(idx, [[1, 2]])
   np.testing.assert_allclose(dist, [[np.hypot(0.1, 0.3), 2.0]])
-  idx, dist = visualize.nearest_neighbors(queries, pool, 3, 'cosine')
+  idx, dist = features.nearest_neighbors(queries, pool, 3, 'cosine')
   np.testing.assert_array_equal(idx, [[0, 1, 2]])
   np.testing.assert_allclose(dist[0, [0, 2]], [0.0, 2.0], atol=1e-12)
   with pytest.raises(ValueError, match='--distance'):
-    visualize.nearest_neighbors(queries, pool, 1, 'manhattan')
+    features.nearest_neighbors(queries, pool, 1, 'manhattan')
 
 
 @pytest.fixture(scope='module')
@@ -102,7 +102,7 @@ def tiny_run(tiny_config_factory, tmp_path_factory):
   """A tower-parallel run of 4 steps, evaluated at step 4."""
   config = tiny_config_factory(mode='tower', num_devices=2)
   workdir = str(tmp_path_factory.mktemp('tiny_run'))
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, on_evaluate=(towers.conv1_hook,))
   return config, workdir
 
 
@@ -121,7 +121,7 @@ def _tensorboard_values(workdir: str) -> dict[str, list]:
 def test_evaluation_logs_conv1_grid_and_scores(tiny_run):
   config, workdir = tiny_run
   logged = _tensorboard_values(workdir)
-  params, _, _ = convert.load_checkpoint(workdir)  # Step 4, as evaluated.
+  params, _, _ = checkpoint.load_params(workdir)  # Step 4, as evaluated.
   expected = towers.color_specificity(towers.rgb_kernels(
       params['conv1']['kernel'], config.input))
   for t in range(2):
@@ -152,7 +152,7 @@ def test_cli_writes_the_figures_and_prints_scores(tiny_run, tmp_path):
   config, workdir = tiny_run
   out = tmp_path / 'figures'
   result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.visualize',
+      [sys.executable, '-m', 'alexnet_jax.tools.visualize',
        f'--checkpoint={workdir}', f'--out={out}',
        f'--config={REPO}/configs/demo.py', *_cli_overrides(config),
        '--max_train_images=30', '--num_queries=3', '--num_neighbors=4'],
@@ -174,9 +174,9 @@ def test_cli_writes_the_figures_and_prints_scores(tiny_run, tmp_path):
 
 def test_missing_checkpoint_or_bad_flags_are_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
-    visualize.visualize(str(tmp_path / 'none'), str(tmp_path / 'out'))
+    features.visualize(str(tmp_path / 'none'), str(tmp_path / 'out'))
   with pytest.raises(ValueError, match='--num_queries'):
-    visualize.visualize(str(tmp_path / 'none'), str(tmp_path / 'out'),
+    features.visualize(str(tmp_path / 'none'), str(tmp_path / 'out'),
                         num_queries=0)
 
 
@@ -189,23 +189,23 @@ def _val_files(config) -> list[str]:
 
 def test_figures_see_what_predict_sees(tiny_run, tmp_path):
   config, workdir = tiny_run
-  params, spec, meta = convert.load_checkpoint(workdir)
+  params, spec, meta = checkpoint.load_params(workdir)
   files = _val_files(config)[:3]  # The validation set's first records.
-  eval_config = visualize.dataset_config(config, meta)
-  embedded = visualize.embed(
+  eval_config = features.dataset_config(config, meta)
+  embedded = features.embed(
       iterators.eval_records(config), eval_config, params,
-      visualize.make_forward(spec, device.Normalization.from_config(
+      features.make_forward(spec, device.Normalization.from_config(
           eval_config)), limit=3, side=16)
-  logits, names, labels = predict.predict(workdir, files)
+  logits, names, labels = inference.predict(workdir, files)
   probs = np.exp(logits - logits.max(1, keepdims=True))
   np.testing.assert_allclose(embedded.probs,
                              probs / probs.sum(1, keepdims=True), atol=1e-5)
   assert embedded.images.shape == (3, 16, 16, 3)
 
   npy = tmp_path / 'batch.npy'
-  np.save(npy, predict.load_images(files[:2], predict.eval_config(meta))[0])
-  shown = visualize.display_images([files[0], str(npy)],
-                                   predict.eval_config(meta))
+  np.save(npy, inference.load_images(files[:2], inference.eval_config(meta))[0])
+  shown = features.display_images([files[0], str(npy)],
+                                   inference.eval_config(meta))
   assert shown.dtype == np.uint8 and shown.shape == (3, 67, 67, 3)
   model_input = np.load(npy)[0]
   for c in range(3):  # The crop shown is the crop the model saw.
@@ -213,7 +213,7 @@ def test_figures_see_what_predict_sees(tiny_run, tmp_path):
                        model_input[..., c].ravel())[0, 1] > 0.99
   assert shown[1].min() == 0 and shown[2].max() == 255  # Stretched.
   plot = tmp_path / 'top5.png'
-  visualize.plot_predictions(workdir, [*files, str(npy)], [*names, 'a', 'b'],
+  features.plot_predictions(workdir, [*files, str(npy)], [*names, 'a', 'b'],
                              np.concatenate([logits, logits[:2]]), labels,
                              str(plot))
   with Image.open(plot) as image:

@@ -2,7 +2,7 @@
 
 `base_image` (shorter side to resize_size, centre square, uint8) is the one
 definition of the base image: the raw path crops from it and
-`alexnet_jax.prepare` stores it.
+`alexnet_jax.tools.prepare` stores it.
 """
 
 import tensorflow as tf
@@ -119,7 +119,7 @@ def base_image_float(contents: tf.Tensor, resize_size: int,
 def base_image(contents: tf.Tensor, resize_size: int,
                antialias: bool = True) -> tf.Tensor:
   """`base_image_float` rounded to uint8 [R, R, 3]: what both the raw path
-  and `alexnet_jax.prepare` start from.
+  and `alexnet_jax.tools.prepare` start from.
 
   A stored (already R x R) base image is only decoded.
   """

@@ -59,7 +59,7 @@ class Normalization:
     elif inp.mean_subtraction == 'pixel':
       if 'mean_image' not in stats:
         raise ValueError("mean_subtraction='pixel' needs config.input."
-                         'stats_file from alexnet_jax.data_stats.')
+                         'stats_file from alexnet_jax.tools.data_stats.')
       mean = stats['mean_image']
       if mean.shape != (inp.resize_size, inp.resize_size, 3):
         raise ValueError(f'mean image {mean.shape} does not match '

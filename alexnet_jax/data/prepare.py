@@ -1,6 +1,6 @@
 """Stores a dataset's base images once, as JPEGs in a few large shard files.
 
-The command line is `python -m alexnet_jax.prepare` (alexnet_jax/prepare.py).
+The command line is `python -m alexnet_jax.tools.prepare` (alexnet_jax/tools/prepare.py).
 Reads the configured dataset (`imagenet2012` from TFDS, `folder:ROOT`,
 `synthetic`), makes every image's base image with the training pipeline's
 own function (`decode.base_image`: shorter side to resize_size,
@@ -39,6 +39,10 @@ from typing import Any, Optional
 import uuid
 
 import numpy as np
+from alexnet_jax import logs
+from alexnet_jax.data import decode
+from alexnet_jax.data import iterators
+from alexnet_jax.data import sources
 
 FORMAT = 'alexnet_jax.prepared/1'
 SPLITS = ('train', 'val')
@@ -93,7 +97,6 @@ class _Listing:
 
 def _list_source(config) -> _Listing:
   """Every example of each split, in the source's own order."""
-  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   if sources.is_tfds(config):
     sources.prepare_tfds(config)
     builder = sources.tfds_builder(config)
@@ -179,8 +182,6 @@ def stored_images(records, resize_size: int, antialias: bool, quality: int):
   and its squared error against the float base image; undecodable records
   are dropped."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.data import decode  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.data import iterators  # pylint: disable=g-import-not-at-top
 
   def store(record):
     base = decode.base_image_float(record['encoded'], resize_size, antialias)
@@ -273,7 +274,6 @@ def _read_json(path: str) -> Optional[dict]:
 
 
 def _format_duration(seconds: float) -> str:
-  from alexnet_jax import logs  # pylint: disable=g-import-not-at-top
   return logs.format_duration(seconds)
 
 
@@ -345,7 +345,6 @@ def _write_index(out: str, settings: Settings,
            'resize_size': settings.resize_size,
            'antialias': settings.antialias, 'quality': settings.quality,
            'class_names': list(listing.class_names), 'splits': splits}
-  from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
   _write_json(os.path.join(out, sources.PREPARED_INDEX), index)
   return index
 

@@ -3,7 +3,7 @@
 `config.dataset`: a TFDS name (default `imagenet2012`, manual download),
 `folder:ROOT` (ImageNet's raw layout, `ROOT/{train,val}/<class>/`),
 `synthetic` (generated once, then read as a folder) or `prepared:DIR`
-(written by `alexnet_jax.prepare`). Every source gives records
+(written by `alexnet_jax.tools.prepare`). Every source gives records
 {'encoded', 'label', 'index', 'epoch'}: the undecoded image, its position
 in this process's epoch, and the epoch.
 
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import synthetic
+from alexnet_jax.data import synthetic
 
 tf.config.set_visible_devices([], 'GPU')
 
@@ -279,7 +279,7 @@ def _read_pieces(paths: tf.Tensor, pieces: np.ndarray, blocks, epoch,
 
 @dataclasses.dataclass(frozen=True)
 class _PreparedSource:
-  """Base images stored by `alexnet_jax.prepare` as TFRecord shards."""
+  """Base images stored by `alexnet_jax.tools.prepare` as TFRecord shards."""
   root: str
   index: dict
   checks_bytes = False  # Every stored image was encoded by prepare.
@@ -349,8 +349,8 @@ def read_prepared_index(root: str) -> dict:
   path = os.path.join(root, PREPARED_INDEX)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
-        f'{path} not found: run `python -m alexnet_jax.prepare --out={root}` '
-        '(to the end, on every host) first')
+        f'{path} not found: run `python -m alexnet_jax.tools.prepare '
+        f'--out={root}` (to the end, on every host) first')
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
 
@@ -507,7 +507,7 @@ def _tfds_source(config) -> _TfdsSource:
       raise FileNotFoundError(
           f'{config.dataset} is not prepared in {_tfds_data_dir(config)}; '
           'a multi-process run does not prepare it (every process would, at '
-          'once): run `python -m alexnet_jax.prepare --config=CONFIG '
+          'once): run `python -m alexnet_jax.tools.prepare --config=CONFIG '
           '--tfds_only` once, on one host, first')
     prepare_tfds(config)  # A clear error if the manual files are missing.
   return _TfdsSource(builder, config.input.shuffle_buffer)

@@ -1,8 +1,8 @@
 r"""Measures the training input pipeline's throughput on this machine.
 
-  python -m alexnet_jax.benchmark_input --config=configs/default.py \
+  python -m alexnet_jax.tools.benchmark_input --config=configs/default.py \
       --config.dataset=SOURCE [--batches=N] [--stages]
-  python -m alexnet_jax.benchmark_input --config=configs/default.py \
+  python -m alexnet_jax.tools.benchmark_input --config=configs/default.py \
       --imagenet_like=2000 [--prepare] [--data_dir=DIR]
 
 Times the training iterator: host batches ready for the device (uint8
@@ -15,7 +15,7 @@ printed, and with the images per CPU-second of this process.
 `--imagenet_like=N` writes N ImageNet-sized JPEGs (500x375, ~110 KB) in the
 folder layout (into --data_dir, reused if it already holds them, else a
 temporary folder) and reads them raw, or with `--prepare` from a prepared
-copy of them (`alexnet_jax.prepare`, written beside them). `--stages` shows
+copy of them (`alexnet_jax.tools.prepare`, written beside them). `--stages` shows
 where the time goes: reading (and checking) the bytes, decoding, the base
 image, the whole training transform. `--resume` times the first batch after
 restoring the worst position of an epoch against the first of a fresh start.
@@ -38,6 +38,7 @@ from alexnet_jax import cli
 from alexnet_jax.data import augment
 from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
+from alexnet_jax.data import prepare as data_prepare
 from alexnet_jax.data import sources
 
 
@@ -189,16 +190,15 @@ def _imagenet_like_dataset(config, root: str, flag: cli.Flags) -> str:
   raw = f'folder:{os.path.join(root, "raw")}'
   if not flag['prepare'].value:
     return raw
-  from alexnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
   prepared = os.path.join(root, 'prepared')
   prepare_config = config.copy_and_resolve_references()
   prepare_config.dataset = raw
-  prepare.prepare(prepare_config, prepared)
+  data_prepare.prepare(prepare_config, prepared)
   return f'prepared:{prepared}'
 
 
 def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.benchmark_input`."""
+  """The flags of `python -m alexnet_jax.tools.benchmark_input`."""
   return {
       'config': cli.config_flag(lock_config=False),
       'batches': flags.DEFINE_integer('batches', 40, 'Batches to time.'),

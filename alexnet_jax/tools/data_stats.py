@@ -1,6 +1,6 @@
 r"""Computes the training set's RGB mean, mean image and colour PCA.
 
-  python -m alexnet_jax.data_stats --config=configs/default.py \
+  python -m alexnet_jax.tools.data_stats --config=configs/default.py \
       --config.dataset=synthetic [--max_images=N] [--out=stats.npz]
 
 The .npz holds `mean_rgb` [3], `mean_image` [R, R, 3] (R = resize_size),
@@ -67,7 +67,7 @@ def default_path(config) -> str:
 
 
 def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.data_stats`."""
+  """The flags of `python -m alexnet_jax.tools.data_stats`."""
   return {
       'config': cli.config_flag(),
       'max_images': flags.DEFINE_integer(

@@ -1,6 +1,6 @@
 """Times the real compiled train step, and optionally PyTorch's, in one run.
 
-  python -m alexnet_jax.benchmark --config=configs/two_tower.py \
+  python -m alexnet_jax.tools.benchmark --config=configs/two_tower.py \
       --batch_size=32 --steps=10 --reference=torch
 
 Batches are random and live on the devices already, in the form the input
@@ -16,15 +16,17 @@ import time
 from typing import Any, Callable
 
 from absl import flags
+import jax
+import numpy as np
+
 
 from alexnet_jax import cli
-
-
-# Dense peak TFLOP/s per device at the compute dtype.
-KNOWN_PEAKS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.0,
-               ('NVIDIA H100 80GB HBM3', 'float32'): 67.0,
-               ('NVIDIA H200', 'bfloat16'): 989.0,
-               ('NVIDIA H200', 'float32'): 67.0}
+from alexnet_jax import hardware
+from alexnet_jax import models
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax import steps
+from alexnet_jax.data import device
 
 
 def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
@@ -49,10 +51,6 @@ def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
 
 def jax_train_step(config, batch_size: int) -> Callable[[], None]:
   """One call of the real jitted train step of `config.mode`, blocking."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import optim, parallel, train  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.data import device  # pylint: disable=g-import-not-at-top
 
   spec = parallel.spec_of(config)
   strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
@@ -60,13 +58,13 @@ def jax_train_step(config, batch_size: int) -> Callable[[], None]:
   with jax.set_mesh(strategy.mesh):
     tx = optim.create_optimizer(config.optimizer,
                                 parallel.abstract_params(spec))
-    state = train.create_train_state(spec, strategy, tx, jax.random.key(0))
+    state = steps.create_train_state(spec, strategy, tx, jax.random.key(0))
     host_batch = device.random_train_batch(
         np.random.default_rng(0), batch_size, spec.input_size,
         config.input.resize_size, spec.num_classes)
-    batch = jax.device_put(host_batch, train.batch_shardings(
+    batch = jax.device_put(host_batch, steps.batch_shardings(
         strategy, device.TRAIN_KEYS))
-    step_fn = train.make_train_step(spec, strategy, tx, state,
+    step_fn = steps.make_train_step(spec, strategy, tx, state,
                                     device.Normalization.from_config(config))
   dropout_rng = jax.random.key(1)
   holder = [state]
@@ -82,8 +80,8 @@ def jax_train_step(config, batch_size: int) -> Callable[[], None]:
 def torch_train_step(spec, batch_size: int,
                      compile_model: bool) -> Callable[[], None]:
   """One step of the same network and SGD in PyTorch (NCHW), blocking."""
-  import torch  # pylint: disable=g-import-not-at-top
   from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
 
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   model = torch_reference.TorchAlexNet.from_spec(spec).to(device).train()
@@ -123,7 +121,7 @@ def report(name: str, times: list[float], batch_size: int,
 
 
 def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.benchmark`."""
+  """The flags of `python -m alexnet_jax.tools.benchmark`."""
   return {
       'config': cli.config_flag('configs/two_tower.py'),
       'batch_size': flags.DEFINE_integer(
@@ -144,10 +142,7 @@ def define_flags() -> cli.Flags:
 def main(argv: list[str], flag: cli.Flags) -> None:
   del argv
   config = flag['config'].value
-  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.request_cpu_devices(config.num_devices)
-  import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import models  # pylint: disable=g-import-not-at-top
 
   spec = parallel.spec_of(config)
   batch_size = flag['batch_size'].value or config.batch_size
@@ -155,7 +150,7 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   flops_per_image = 6 * macs
   device = jax.devices()[0]
   peak = (flag['peak_tflops'].value or
-          KNOWN_PEAKS.get((device.device_kind, spec.dtype)))
+          hardware.KNOWN_PEAKS.get((device.device_kind, spec.dtype)))
   print(f'{config.mode} mode, {config.num_devices} x {device.device_kind}, '
         f'batch {batch_size}, {spec.input_size}px, {spec.dtype}, '
         f'{flops_per_image / 1e9:.2f} GFLOP per training image, jax '

@@ -1,33 +1,20 @@
-"""Top-5 classes of images under a checkpoint's own input conventions.
-
-  python -m alexnet_jax.predict --checkpoint=CKPT_DIR cat.jpg dog.png
-  python -m alexnet_jax.predict --checkpoint=CKPT_DIR batch.npy --out=x.npz
-  python -m alexnet_jax.predict --checkpoint=CKPT_DIR cat.jpg --plot=top5.png
-
-Images (JPEG, PNG, anything TensorFlow decodes) get the evaluation
-transform the checkpoint's meta records (resize, centre crop, mean, scale,
-channel order); a `.npy` file holds images already in that convention,
-float32 [N, H, W, 3] (or one [H, W, 3]). Class names come from TFDS when the
-checkpoint's dataset is a TFDS dataset (for imagenet2012: WordNet ids, the
-class order torchvision and Caffe use too); otherwise classes are printed by
-index.
+"""Inference from a checkpoint under its own input conventions: images
+(or `.npy` arrays) in, logits and top-k class names out. `tools/predict` is
+the command line.
 """
 
 from typing import Any, Sequence
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import cli
-from alexnet_jax import convert
+from alexnet_jax import checkpoint
 from alexnet_jax import defaults
-from alexnet_jax.data import augment
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax.data import augment
 from alexnet_jax.data import device
 
 TOP_K = 5
@@ -123,40 +110,9 @@ def top_k_lines(name: str, logits: np.ndarray,
 def predict(checkpoint_path: str, paths: Sequence[str]
             ) -> tuple[np.ndarray, list[str], list[str] | None]:
   """(logits [N, classes], input names, class names or None)."""
-  params, spec, meta = convert.load_checkpoint(checkpoint_path)
+  params, spec, meta = checkpoint.load_params(checkpoint_path)
   config = eval_config(meta)
   images, names = load_images(paths, config)
   logits = logits_of(params, spec, images)
   return logits, names, class_names(config.dataset, spec.num_classes)
 
-
-def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.predict`."""
-  return {
-      'checkpoint': flags.DEFINE_string(
-          'checkpoint', None, 'A workdir, checkpoints dir or step dir.'),
-      'out': flags.DEFINE_string(
-          'out', None, 'Also save the logits (input order) and input names '
-          'to this .npz file.'),
-      'plot': flags.DEFINE_string(
-          'plot', None, 'Also draw each image with its top-5 classes as bars '
-          'into this PNG file.'),
-  }
-
-
-def main(argv: list[str], flag: cli.Flags) -> None:
-  ckpt, out, plot = (flag[k].value for k in ('checkpoint', 'out', 'plot'))
-  if len(argv) < 2 or not ckpt:
-    raise app.UsageError('usage: predict --checkpoint=CKPT_DIR FILE...')
-  logits, names, labels = predict(ckpt, argv[1:])
-  for name, row in zip(names, logits):
-    print('\n'.join(top_k_lines(name, row, labels)))
-  if out:
-    np.savez(out, logits=logits, inputs=np.array(names))
-  if plot:
-    from alexnet_jax import visualize  # pylint: disable=g-import-not-at-top
-    visualize.plot_predictions(ckpt, argv[1:], names, logits, labels, plot)
-
-
-if __name__ == '__main__':
-  cli.run(main, define_flags)

@@ -24,7 +24,10 @@ is the mean over its kernels.
 import math
 from typing import Any, Mapping
 
+from jax.experimental import multihost_utils
 import numpy as np
+
+from alexnet_jax import logs
 
 _BORDER = 1  # Pixels between kernels within a tower's block.
 _TOWER_GAP = 4  # Pixels between towers' blocks.
@@ -134,7 +137,6 @@ def log_conv1(writer: Any, step: int, params: Any,
   Every process must call this (the kernel may be spread over processes);
   only the writer of process 0 writes. Returns the per-tower scores.
   """
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   kernel = multihost_utils.process_allgather(params['conv1']['kernel'],
                                              tiled=True)
   kernels = rgb_kernels(kernel, conventions)
@@ -143,3 +145,11 @@ def log_conv1(writer: Any, step: int, params: Any,
                       for t, s in enumerate(scores)})
   writer.image(step, 'towers/conv1_kernels', conv1_grid(kernels, zoom=3))
   return scores
+
+
+def conv1_hook(writer: logs.MetricsWriter, step: int, params: Any,
+               config: Any) -> None:
+  """The trainer's evaluation hook: conv1's kernels and colour specificity
+  in TensorBoard, the scores on the console."""
+  scores = log_conv1(writer, step, params, config.input)
+  logs.console('color_specificity ' + ' '.join(f'{s:.4f}' for s in scores))

@@ -1,6 +1,6 @@
 """Prints AlexNet's per-layer shapes, parameters, multiply-adds and sharding.
 
-  python -m alexnet_jax.summary --config=configs/two_tower.py
+  python -m alexnet_jax.tools.summary --config=configs/two_tower.py
 """
 
 from typing import Any
@@ -35,7 +35,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.summary`."""
+  """The flags of `python -m alexnet_jax.tools.summary`."""
   return {'config': cli.config_flag('configs/two_tower.py')}
 
 

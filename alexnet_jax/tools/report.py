@@ -1,12 +1,12 @@
 """Compares training runs side by side: a Markdown table and plots.
 
-  python -m alexnet_jax.report DIR [DIR ...] --out REPORT_DIR [--intro TEXT]
-  python -m alexnet_jax.report --scaling=h100_sxm8 --out REPORT_DIR \
+  python -m alexnet_jax.tools.report DIR [DIR ...] --out REPORT_DIR [--intro TEXT]
+  python -m alexnet_jax.tools.report --scaling=h100_sxm8 --out REPORT_DIR \
       [--cost_json=A.json,B.json]
 
 Each DIR is a workdir of `alexnet_jax.main`: `metrics.jsonl` and
 `config.json` (both written by process 0), and optionally `cost.json` from
-`python -m alexnet_jax.cost --json_out` (communication and memory per
+`python -m alexnet_jax.tools.cost --json_out` (communication and memory per
 device, which training itself does not measure). Writes REPORT_DIR/README.md
 and three PNGs: eval error against step and against training wall time
 (evaluation excluded), and training throughput.
@@ -21,7 +21,10 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from alexnet_jax import aot
 from alexnet_jax import cli
+from alexnet_jax import hardware
+from alexnet_jax.analysis import scaling
 
 ERROR = 'eval/top1_error'
 
@@ -150,7 +153,7 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
        'Errors: center crop on the validation split. Collective bytes: '
        'received per device per step (ring algorithms), and peak memory per '
        'device, both read from the compiled train step by '
-       '`python -m alexnet_jax.cost` (cost.json).',
+       '`python -m alexnet_jax.tools.cost` (cost.json).',
        *[f'![{name[:-4]}]({name})' for name in images]]) + '\n'
   with open(os.path.join(out_dir, 'README.md'), 'w') as f:
     f.write(text)
@@ -158,13 +161,13 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
 
 
 def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.report`."""
+  """The flags of `python -m alexnet_jax.tools.report`."""
   return {'out': flags.DEFINE_string('out', None, 'Report directory.'),
           'intro': flags.DEFINE_string(
               'intro', '', 'A paragraph to put above the table.'),
           'scaling': flags.DEFINE_list(
               'scaling', [], 'Write the scaling study for these hardware '
-              'presets of alexnet_jax.plan instead (no workdirs).'),
+              'presets of alexnet_jax.tools.plan instead (no workdirs).'),
           'cost_json': flags.DEFINE_list(
               'cost_json', [], 'With --scaling: cost --topology --json_out '
               'files of TPU slices to tabulate.')}
@@ -172,14 +175,11 @@ def define_flags() -> cli.Flags:
 
 def main(argv, flag: dict[str, Any]) -> None:
   if flag['scaling'].value:
-    from alexnet_jax import cost  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import plan  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import scaling  # pylint: disable=g-import-not-at-top
-    unknown = set(flag['scaling'].value) - set(plan.HARDWARE)
+    unknown = set(flag['scaling'].value) - set(hardware.HARDWARE)
     if unknown:
       raise app.UsageError(f'--scaling: {sorted(unknown)} unknown; choose '
-                           f'from {sorted(plan.HARDWARE)}')
-    cost.jax_on_cpu()
+                           f'from {sorted(hardware.HARDWARE)}')
+    aot.jax_on_cpu()
     print(scaling.write(flag['scaling'].value, flag['out'].value,
                         flag['cost_json'].value, intro=flag['intro'].value))
     return

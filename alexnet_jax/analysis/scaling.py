@@ -1,6 +1,6 @@
 """The scaling study: which execution mode wins where, and from what batch.
 
-Written by `python -m alexnet_jax.report --scaling=HW1,HW2 --out=DIR
+Written by `python -m alexnet_jax.tools.report --scaling=HW1,HW2 --out=DIR
 [--cost_json=A.json,B.json]`. Per hardware preset, parts labelled by where
 their figures come from:
 
@@ -20,8 +20,10 @@ import json
 import os
 import re
 
+from alexnet_jax.analysis import projection
+from alexnet_jax import hardware
+from alexnet_jax.analysis import figures
 from alexnet_jax import models
-from alexnet_jax import plan
 
 MODES = ('data', 'tower', 'data_tower', 'hybrid', 'hybrid_2d')
 DEVICES = (1, 2, 4, 8, 16, 32, 64)
@@ -37,19 +39,20 @@ VARIANT = {'data': 'paper', 'tower': 'paper', 'data_tower': 'paper',
            'hybrid': 'owt', 'hybrid_2d': 'owt'}
 
 
-def _rows(hw: plan.Hardware, modes=MODES, devices=DEVICES,
-          **batch) -> list[plan.Row]:
+def _rows(hw: hardware.Hardware, modes=MODES, devices=DEVICES,
+          **batch) -> list[projection.Row]:
   """Projected rows of every mode that can run, each on its own net."""
-  rate = plan.device_rate(hw)
+  rate = projection.device_rate(hw)
   rows = []
   for mode in modes:
     variant = VARIANT[mode]
-    rows += plan.plan(hw, [mode], list(devices), plan.variant_net(variant),
-                      models.VARIANTS[variant], rate, **batch)[0]
+    rows += projection.plan(hw, [mode], list(devices),
+                            projection.variant_net(variant),
+                            models.VARIANTS[variant], rate, **batch)[0]
   return rows
 
 
-def _table(rows: list[plan.Row]) -> str:
+def _table(rows: list[projection.Row]) -> str:
   """Images/s per mode (columns) and device count (rows); best in bold."""
   counts = sorted({r.devices for r in rows})
   head = '| devices | ' + ' | '.join(MODES) + ' | winner |'
@@ -65,7 +68,7 @@ def _table(rows: list[plan.Row]) -> str:
   return '\n'.join(out)
 
 
-def crossover_batch(hw: plan.Hardware, devices: int) -> tuple[
+def crossover_batch(hw: hardware.Hardware, devices: int) -> tuple[
     int | None, str | None]:
   """Smallest global batch (powers of two from `devices` to 2^17) at which
   mode data is at least as fast as every model-parallel mode that can run;
@@ -83,7 +86,7 @@ def crossover_batch(hw: plan.Hardware, devices: int) -> tuple[
   return None, None
 
 
-def _compiled_table(paths: list[str], hw: plan.Hardware) -> str:
+def _compiled_table(paths: list[str], hw: hardware.Hardware) -> str:
   """Bytes and memory of compiled slices, with the projected images/s."""
   out = ['| mode | chips | hosts | global batch | collective MiB/chip/step '
          '(compiled; model) | peak GiB/chip | of HBM | images/s '
@@ -110,34 +113,35 @@ def _compiled_table(paths: list[str], hw: plan.Hardware) -> str:
 
 
 def _hbm(kind: str) -> int:
-  from alexnet_jax import topology  # pylint: disable=g-import-not-at-top
-  return topology.HBM_BYTES.get(kind, 0)
+  return hardware.HBM_BYTES.get(kind, 0)
 
 
-def _section(hardware: str, out_dir: str, cost_json: list[str],
+def _section(preset: str, out_dir: str, cost_json: list[str],
              batch_per_device: int, global_batch: int) -> list[str]:
   """One preset's tables and plots (written into out_dir)."""
-  hw = plan.HARDWARE[hardware]
-  devices = STUDY_DEVICES.get(hardware, DEVICES)
+  hw = hardware.HARDWARE[preset]
+  devices = STUDY_DEVICES.get(preset, DEVICES)
   fixed_device = _rows(hw, devices=devices, batch_per_device=batch_per_device)
   fixed_global = _rows(hw, devices=devices, global_batch=global_batch)
-  plots = {'per-device batch': f'{hardware}_per_device_batch.png',
-           'global batch': f'{hardware}_global_batch.png'}
+  plots = {'per-device batch': f'{preset}_per_device_batch.png',
+           'global batch': f'{preset}_global_batch.png'}
   images = dict(value='images_per_sec', ylabel='images/s (projected)')
-  plan.plot_by_mode(fixed_device,
-                    os.path.join(out_dir, plots['per-device batch']),
-                    title=f'{hw.name}: {batch_per_device} images per device',
-                    **images)
-  plan.plot_by_mode(fixed_global, os.path.join(out_dir, plots['global batch']),
-                    title=f'{hw.name}: global batch {global_batch}', **images)
+  figures.plot_by_mode(fixed_device,
+                       os.path.join(out_dir, plots['per-device batch']),
+                       title=f'{hw.name}: {batch_per_device} images per '
+                       'device', **images)
+  figures.plot_by_mode(fixed_global,
+                       os.path.join(out_dir, plots['global batch']),
+                       title=f'{hw.name}: global batch {global_batch}',
+                       **images)
   crossings = []
   for n in devices[1:]:
     batch, rival = crossover_batch(hw, n)
     crossings.append(f'| {n} | {batch or "beyond 131072"} | {rival or "-"} |')
   parts = [
       f'## {hw.name}',
-      '**Projected, not measured**: `alexnet_jax.plan`, from one device\'s '
-      f'step and datasheet links. Sources: {hw.sources}',
+      '**Projected, not measured**: `alexnet_jax.tools.plan`, from one '
+      f'device\'s step and datasheet links. Sources: {hw.sources}',
       f'### Fixed per-device batch ({batch_per_device}), images/s',
       _table(fixed_device),
       f'![per-device batch]({plots["per-device batch"]})',
@@ -147,18 +151,18 @@ def _section(hardware: str, out_dir: str, cost_json: list[str],
       'is at least as fast as the best model-parallel mode (projected)',
       '| devices | global batch | overtaken mode |\n|---|---|---|\n'
       + '\n'.join(crossings)]
-  if cost_json and hardware.startswith('tpu_'):
+  if cost_json and preset.startswith('tpu_'):
     parts += ['### Compiled for TPU slices (bytes and memory read off the '
               'compiled programs; images/s projected as above)',
               _compiled_table(cost_json, hw)]
   return parts
 
 
-def write(hardware: list[str], out_dir: str, cost_json: list[str],
+def write(presets: list[str], out_dir: str, cost_json: list[str],
           batch_per_device: int = 128, global_batch: int = 1024,
           intro: str = '') -> str:
   """Writes out_dir/README.md and two PNGs per preset; returns the text."""
-  if cost_json and not any(h.startswith('tpu_') for h in hardware):
+  if cost_json and not any(h.startswith('tpu_') for h in presets):
     raise ValueError('--cost_json: compiled TPU slices need a TPU preset '
                      'in --scaling (tpu_v5e)')
   os.makedirs(out_dir, exist_ok=True)
@@ -170,7 +174,7 @@ def write(hardware: list[str], out_dir: str, cost_json: list[str],
       'devices, hybrid where the FC widths divide; hybrid_2d splits the FC '
       'layers within a node (a TPU host). A dash: the mode cannot run '
       'there.']
-  for name in hardware:
+  for name in presets:
     parts += _section(name, out_dir, cost_json, batch_per_device,
                       global_batch)
   text = '\n\n'.join(parts) + '\n'

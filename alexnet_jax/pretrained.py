@@ -1,8 +1,5 @@
-"""Converts pretrained AlexNet weights from and to other frameworks.
-
-  python -m alexnet_jax.convert --from=torchvision alexnet.pth --out=CKPT_DIR
-  python -m alexnet_jax.convert --from=caffe bvlc_alexnet.npy --out=CKPT_DIR
-  python -m alexnet_jax.convert --to=torchvision CKPT_DIR --out=alexnet.pth
+"""Pretrained AlexNet weights from and to other frameworks (torchvision,
+Caffe), and the input conventions they were trained in.
 
 Our parameters carry a leading tower axis: conv kernels [T, kh, kw, in, out]
 (tower t reads its own or, at conv3, every tower's channels) and dense
@@ -13,23 +10,19 @@ weights [out, in] with fc6's input flattened in (channel, h, w) order. Both
 share that "dense" layout, so one pair of functions (`to_dense`,
 `from_dense`) covers both; each source only names its tensors.
 
-The written checkpoint is step 0 of an orbax directory (see checkpoint.py);
+A converted checkpoint is step 0 of an orbax directory (see checkpoint.py);
 its meta carries the model spec and the input conventions of the source
 (`pretrained_config`, which `configs/pretrained_*.py` evaluate with), and
 `main --eval_only` and `predict` use them.
 """
 
-import os
 import pickle
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
 
 from alexnet_jax import checkpoint
-from alexnet_jax import cli
 from alexnet_jax import defaults
 from alexnet_jax import models
 from alexnet_jax import parallel
@@ -115,13 +108,6 @@ def check_shape(key: str, array: Any, expected: tuple[int, ...],
   if tuple(array.shape) != tuple(expected):
     raise ValueError(f'{key}: shape {tuple(array.shape)}, expected '
                      f'{tuple(expected)} ({what})')
-
-
-def _spec_from_meta(meta: dict[str, Any]) -> models.AlexNetSpec:
-  fields = dict(meta['model'])
-  for key in ('conv_features', 'fc_features'):
-    fields[key] = tuple(fields[key])
-  return models.AlexNetSpec(**fields)
 
 
 # ---------------------------------------------------------------------------
@@ -294,22 +280,6 @@ def save_checkpoint(params: Any, config: Any, directory: str) -> None:
   mngr.wait_until_finished()
 
 
-def load_checkpoint(path: str) -> tuple[Any, models.AlexNetSpec,
-                                        dict[str, Any]]:
-  """(params as numpy, spec, meta) of a checkpoint written by any mode."""
-  ckpt_dir, step = checkpoint.locate(path)
-  mngr = checkpoint.manager(ckpt_dir)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no complete checkpoint in {ckpt_dir}')
-  meta = checkpoint.read_meta(mngr, step)
-  spec = _spec_from_meta(meta)
-  strategy = parallel.create_strategy('single', 1, spec, 1)
-  like = parallel.abstract_params(spec, strategy)
-  params = checkpoint.restore(mngr, step, params_like=like)['params']
-  return jax.tree.map(np.asarray, params), spec, meta
-
-
 def convert_from(source: str, path: str, out: str) -> None:
   """A torchvision or Caffe file into a checkpoint for `main --eval_only`."""
   config = pretrained_config(source)
@@ -322,36 +292,6 @@ def convert_from(source: str, path: str, out: str) -> None:
 
 
 def convert_to_torchvision(path: str, out: str) -> None:
-  params, spec, _ = load_checkpoint(path)
+  params, spec, _ = checkpoint.load_params(path)
   save_torchvision(to_torchvision(params, spec), out)
 
-
-def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.convert`."""
-  return {
-      'from': flags.DEFINE_enum(
-          'from', None, ['torchvision', 'caffe'], 'Convert this format (file '
-          'given as argument) into a checkpoint at --out.'),
-      'to': flags.DEFINE_enum(
-          'to', None, ['torchvision'], 'Convert the checkpoint given as '
-          'argument into this format at --out.'),
-      'out': flags.DEFINE_string('out', None, 'Output checkpoint dir or file.'),
-  }
-
-
-def main(argv: list[str], flag: cli.Flags) -> None:
-  source, target, out = (flag[k].value for k in ('from', 'to', 'out'))
-  if len(argv) != 2 or (source is None) == (target is None):
-    raise app.UsageError('give exactly one of --from=FORMAT FILE or '
-                         '--to=FORMAT CKPT_DIR, and --out')
-  if not out:
-    raise app.UsageError('--out is required')
-  if source:
-    convert_from(source, argv[1], out)
-  else:
-    convert_to_torchvision(argv[1], out)
-  print(f'wrote {os.path.abspath(out)}')
-
-
-if __name__ == '__main__':
-  cli.run(main, define_flags)

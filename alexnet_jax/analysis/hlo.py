@@ -7,6 +7,7 @@ checked against what the compiler produced, not against intentions.
 import dataclasses
 import math
 import re
+import numpy as np
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter',
                'collective-permute', 'all-to-all')
@@ -42,3 +43,31 @@ def collectives(hlo_text: str) -> list[Collective]:
         kind, tuple(s for _, s in arrays),
         sum(_BYTES[d] * math.prod(s) for d, s in arrays)))
   return found
+
+
+_GROUPS_LIST = re.compile(r'replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}')
+
+
+_GROUPS_IOTA = re.compile(
+    r'replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?')
+
+
+_PAIRS = re.compile(r'source_target_pairs=\{((?:\{\d+,\d+\},?)*)\}')
+
+
+def replica_groups(line: str, num_devices: int) -> list[list[int]]:
+  """The replica groups of one HLO collective, as mesh device indices."""
+  if match := _GROUPS_LIST.search(line):
+    return [[int(i) for i in g.split(',') if i]
+            for g in re.findall(r'\{([\d,]*)\}', match.group(1))]
+  if match := _GROUPS_IOTA.search(line):
+    groups, size, dims, perm = match.groups()
+    ids = np.arange(math.prod(int(d) for d in dims.split(',')))
+    ids = ids.reshape([int(d) for d in dims.split(',')])
+    if perm:
+      ids = ids.transpose([int(p) for p in perm.split(',')])
+    return ids.reshape(int(groups), int(size)).tolist()
+  if match := _PAIRS.search(line):
+    return [[int(a), int(b)] for a, b in
+            re.findall(r'\{(\d+),(\d+)\}', match.group(1))]
+  return [list(range(num_devices))]

@@ -1,6 +1,6 @@
 r"""Stores a dataset's base images once, as JPEGs in a few large shard files.
 
-  python -m alexnet_jax.prepare --config=configs/default.py --out=DIR \
+  python -m alexnet_jax.tools.prepare --config=configs/default.py --out=DIR \
       [--config.dataset=folder:ROOT] [--quality=90] [--workers=N] \
       [--process_index=i --process_count=P]
 
@@ -15,10 +15,11 @@ from absl import flags
 
 from alexnet_jax import cli
 from alexnet_jax.data import prepare
+from alexnet_jax.data import sources
 
 
 def define_flags() -> cli.Flags:
-  """The flags of `python -m alexnet_jax.prepare`."""
+  """The flags of `python -m alexnet_jax.tools.prepare`."""
   return {
       'config': cli.config_flag(),
       'out': flags.DEFINE_string(
@@ -60,7 +61,6 @@ def main(argv: list[str], flag: cli.Flags) -> None:
             f'{row["kb"]:.1f}')
     return
   if flag['tfds_only'].value:
-    from alexnet_jax.data import sources  # pylint: disable=g-import-not-at-top
     sources.prepare_tfds(config)
     print(f'{config.dataset} is prepared')
     return

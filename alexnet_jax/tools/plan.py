@@ -1,0 +1,109 @@
+"""Projects the train step of each execution mode onto a GPU cluster.
+
+  python -m alexnet_jax.tools.plan --hardware=owt_k20 --modes=hybrid,data \\
+      --devices=1,2,4,8 [--batch_per_device=128 | --global_batch=1024] \\
+      [--variant=owt] [--step_seconds=S --step_batch=B] [--out=DIR]
+
+Per mode and device count it prints one line
+`plan <mode> <devices> <global_batch> <step_seconds> <images_per_sec>
+<speedup>`, then a Markdown table, and writes DIR/plan.md and DIR/plan.png
+(speedup against devices, one line per mode). Every figure is a projection.
+
+The model is `analysis.projection`; its docstring says what it counts and
+what it leaves out.
+"""
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+
+from alexnet_jax import aot
+from alexnet_jax import cli
+from alexnet_jax import hardware
+from alexnet_jax import models
+from alexnet_jax import parallel
+from alexnet_jax.analysis import comms
+from alexnet_jax.analysis import figures
+from alexnet_jax.analysis import projection
+
+
+def _ints(text: str, name: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise ValueError(f'--{name}: not a comma-separated list of integers: '
+                     f'{text!r}') from None
+  if not values or min(values) < 1:
+    raise ValueError(f'--{name}: needs positive integers, got {text!r}')
+  return values
+
+
+def define_flags() -> cli.Flags:
+  """The flags of `python -m alexnet_jax.tools.plan`."""
+  return {
+      'hardware': flags.DEFINE_enum('hardware', None, sorted(hardware.HARDWARE),
+                                    'Hardware preset.'),
+      'modes': flags.DEFINE_string('modes', 'data,tower,data_tower,hybrid',
+                                   'Comma-separated execution modes.'),
+      'devices': flags.DEFINE_string('devices', '1,2,4,8',
+                                     'Comma-separated device counts.'),
+      'batch_per_device': flags.DEFINE_integer(
+          'batch_per_device', 128, 'Images per device per step.'),
+      'global_batch': flags.DEFINE_integer(
+          'global_batch', None, 'A fixed global batch instead.'),
+      'variant': flags.DEFINE_enum(
+          'variant', None, sorted(models.VARIANTS),
+          "Network (default: the preset's single-device measurement's)."),
+      'step_seconds': flags.DEFINE_float(
+          'step_seconds', None, "One device's measured train step, "
+          "replacing the preset's; with --step_batch and --variant."),
+      'step_batch': flags.DEFINE_integer(
+          'step_batch', None, 'The batch of --step_seconds.'),
+      'out': flags.DEFINE_string(
+          'out', None, 'Write plan.md and plan.png into this directory.'),
+  }
+
+
+def main(argv, flag: dict[str, Any]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  aot.jax_on_cpu()  # Shapes only; no device is used.
+  hw = hardware.HARDWARE[flag['hardware'].value]
+  if flag['step_seconds'].value:
+    hw = dataclasses.replace(
+        hw, step_seconds=flag['step_seconds'].value,
+        step_batch=flag['step_batch'].value or hw.step_batch,
+        step_variant=flag['variant'].value or hw.step_variant,
+        sources=hw.sources + f' Overridden: one-device step '
+        f'{flag["step_seconds"].value} s (--step_seconds).')
+  spec = models.VARIANTS[flag['variant'].value or hw.step_variant]
+  modes = [m for m in flag['modes'].value.split(',') if m]
+  for mode in modes:
+    if mode not in parallel.MODES:
+      raise ValueError(f'--modes: unknown {mode!r}; choose from '
+                       f'{parallel.MODES}')
+  counts = _ints(flag['devices'].value, 'devices')
+  rows, skipped = projection.plan(hw, modes, counts, comms.net_shape(spec), spec,
+                       projection.device_rate(hw),
+                       flag['batch_per_device'].value,
+                       flag['global_batch'].value)
+  for reason in skipped:
+    print(f'skipped: {reason}', file=sys.stderr)
+  if not rows:
+    raise ValueError('no valid (mode, devices) pair to project')
+  print('\n'.join(projection.lines(rows)))
+  text = projection.markdown(rows, hw)
+  print('\n' + text)
+  if flag['out'].value:
+    os.makedirs(flag['out'].value, exist_ok=True)
+    with open(os.path.join(flag['out'].value, 'plan.md'), 'w') as f:
+      f.write(text + '\n\n![speedup](plan.png)\n')
+    figures.plot(rows, hw, os.path.join(flag['out'].value, 'plan.png'))
+
+
+if __name__ == '__main__':
+  cli.run(main, define_flags, required=['hardware'])
