@@ -580,6 +580,18 @@ def test_predict_rejects_wrong_npy_shape(small_caffe_checkpoint, tmp_path):
     predict.predict(ckpt, [str(tmp_path / 'x.npy')])
 
 
+def test_predict_refuses_a_pickled_npy(small_caffe_checkpoint, tmp_path):
+  _, _, ckpt = small_caffe_checkpoint
+  marker = tmp_path / 'payload_ran'
+  np.save(tmp_path / 'x.npy', np.array([_Payload(os.system, f'touch {marker}')],
+                                       object), allow_pickle=True)
+  with pytest.raises(ValueError, match=(
+      f'^{tmp_path / "x.npy"}: Object arrays cannot be loaded when '
+      'allow_pickle=False')):
+    predict.predict(ckpt, [str(tmp_path / 'x.npy')])
+  assert not marker.exists()
+
+
 def test_imagenet_class_names_need_no_data():
   names = predict.class_names('imagenet2012', 1000)
   assert names[0] == 'n01440764' and len(names) == 1000
