@@ -426,7 +426,11 @@ def _recorded_settings(out: str, config) -> Settings:
   if recorded is None:
     raise FileNotFoundError(f'{out}/prepare.json not found: --out is not a '
                             'directory written by alexnet_jax.prepare')
-  settings = Settings(**recorded)
+  try:
+    settings = Settings(**recorded)
+  except TypeError:
+    raise ValueError(f'{out}/prepare.json does not hold the settings of a '
+                     'preparation') from None
   wanted = {'dataset': config.dataset,
             'resize_size': config.input.resize_size,
             'antialias': config.input.antialias}
