@@ -225,16 +225,85 @@ def from_caffe(blobs: dict[str, Any], spec: models.AlexNetSpec
   return from_dense(dense, spec)
 
 
+# The only globals the pickle of a Caffe NumPy export refers to: NumPy's
+# array, dtype and scalar reconstruction, under NumPy 1's module names (and
+# Python 2 NumPy's, in which the shared files were written) and NumPy 2's.
+_NUMPY_PICKLE_GLOBALS = frozenset(
+    [(f'numpy.{core}.multiarray', name) for core in ('core', '_core')
+     for name in ('_reconstruct', 'scalar')] +
+    [('numpy', 'ndarray'), ('numpy', 'dtype')])
+_NUMERIC_KINDS = 'biuf'  # bool, signed and unsigned integers, floats.
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Unpickles NumPy arrays and plain containers, and refuses anything else.
+
+  Dicts, lists, tuples, strings and numbers need no global; every other
+  object is built by calling a global the pickle names, which is refused
+  here, before it is looked up, unless it is one of NumPy's reconstructors.
+  """
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) not in _NUMPY_PICKLE_GLOBALS:
+      raise pickle.UnpicklingError(
+          f'holds a reference to {module}.{name}, which a weights file never '
+          'needs (it could run code)')
+    return super().find_class(module, name)
+
+
+def _read_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) from a .npy header; `f` is left where the data starts."""
+  version = np.lib.format.read_magic(f)
+  readers = {(1, 0): np.lib.format.read_array_header_1_0,
+             (2, 0): np.lib.format.read_array_header_2_0}
+  if version not in readers:
+    raise ValueError(f'.npy format version {version} is not supported')
+  shape, _, dtype = readers[version](f)
+  return shape, dtype
+
+
+def _check_blobs(blobs: Any, path: str) -> None:
+  """Raises unless `blobs` is {layer name: [numeric arrays]}."""
+  if not isinstance(blobs, dict):
+    raise ValueError(f'{path}: holds a {type(blobs).__name__}, not a dict of '
+                     'layer -> [W, b]; refusing to load')
+  for layer, blob in blobs.items():
+    if not isinstance(layer, str) or not isinstance(blob, (list, tuple)):
+      raise ValueError(f'{path}: {layer!r}: a {type(blob).__name__}, not a '
+                       'list [W, b] under a layer name; refusing to load')
+    for i, array in enumerate(blob):
+      if (not isinstance(array, np.ndarray) or
+          array.dtype.kind not in _NUMERIC_KINDS):
+        what = getattr(array, 'dtype', type(array).__name__)
+        raise ValueError(f'{path}: {layer}[{i}]: {what}, not an array of '
+                         'numbers; refusing to load')
+
+
 def load_caffe(path: str) -> dict[str, Any]:
-  """The pickled {layer: [weights, biases]} dict of a Caffe NumPy export."""
-  try:
-    blobs = np.load(path, allow_pickle=True, encoding='latin1')
-  except (ValueError, pickle.UnpicklingError) as error:
-    raise ValueError(f'{path}: not a NumPy file ({error})') from None
-  if (not isinstance(blobs, np.ndarray) or blobs.shape != () or
-      not isinstance(blobs.item(), dict)):
-    raise ValueError(f'{path}: not a pickled dict of layer -> [W, b]')
-  return blobs.item()
+  """The pickled {layer: [weights, biases]} dict of a Caffe NumPy export.
+
+  Such a file is a .npy header and the pickle of a 0-d object array that
+  holds the dict. The pickle is read with `_ArraysOnlyUnpickler`, so a file
+  that would build any other object (and with it run code) is refused
+  before that object exists. Strings are decoded as Latin-1, which Python 2
+  NumPy's array data needs.
+  """
+  with open(path, 'rb') as f:
+    try:
+      shape, dtype = _read_npy_header(f)
+    except ValueError as error:
+      raise ValueError(f'{path}: not a NumPy .npy file ({error})') from None
+    if not dtype.hasobject or shape != ():
+      raise ValueError(f'{path}: holds a {dtype} array of shape {shape}, not '
+                       'a pickled dict of layer -> [W, b]')
+    try:
+      container = _ArraysOnlyUnpickler(f, encoding='latin1').load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+      raise ValueError(f'{path}: {error}; refusing to load') from None
+  blobs = (container.item() if isinstance(container, np.ndarray) and
+           container.shape == () else container)
+  _check_blobs(blobs, path)
+  return blobs
 
 
 # ---------------------------------------------------------------------------

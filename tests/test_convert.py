@@ -11,7 +11,9 @@ range rather than vanishing.
 
 import dataclasses
 import functools
+import io
 import os
+import struct
 import subprocess
 import sys
 
@@ -264,6 +266,8 @@ def _to_caffe_tensorflow_layout(blobs):
 
 @pytest.fixture(scope='module')
 def caffe_files(tmp_path_factory):
+  """Random bvlc_alexnet blobs written as the shared files are (a pickled
+  dict in a 0-d object array, by np.save), and our checkpoint of them."""
   blobs = _caffe_blobs(seed=5)
   root = tmp_path_factory.mktemp('caffe')
   npy, ckpt = str(root / 'bvlc_alexnet.npy'), str(root / 'ckpt')
@@ -284,9 +288,13 @@ def test_caffe_conversion_matches_caffe_semantics(caffe_files):
   _assert_logits_close(_logits(params, spec, images), theirs)
 
 
-def test_caffe_tensorflow_layout_gives_the_same_params(caffe_files):
+def test_caffe_tensorflow_layout_file_gives_the_same_params(caffe_files,
+                                                            tmp_path):
   blobs, _, (params, spec, _) = caffe_files
-  from_tf = pretrained.from_caffe(_to_caffe_tensorflow_layout(blobs), spec)
+  np.save(tmp_path / 'tf.npy', _to_caffe_tensorflow_layout(blobs),
+          allow_pickle=True)
+  from_tf = pretrained.from_caffe(
+      pretrained.load_caffe(str(tmp_path / 'tf.npy')), spec)
   jax.tree.map(np.testing.assert_array_equal, from_tf, params)
 
 
@@ -306,6 +314,131 @@ def test_caffe_checkpoint_restores_with_its_conventions(caffe_files):
                              (123, 117, 104))
   assert restored['meta']['model']['input_size'] == 227
   assert restored['meta']['dataset'] == 'imagenet2012'
+
+
+def _py2_str(data: bytes) -> bytes:
+  """A Python 2 `str` in a pickle (SHORT_BINSTRING or BINSTRING)."""
+  if len(data) < 256:
+    return b'U' + bytes([len(data)]) + data
+  return b'T' + struct.pack('<i', len(data)) + data
+
+
+def _py2_array(array: np.ndarray, items: bytes = b'') -> bytes:
+  """Python 2 NumPy's pickle of `array` (of the objects `items` pickles, if
+  it is an object array): numpy.core names, its bytes as a `str`."""
+  dtype = (b'cnumpy\ndtype\n(' + _py2_str(array.dtype.str[1:].encode()) +
+           b'\x89\x88tR(K\x03' + _py2_str(array.dtype.str[:1].encode()) +
+           b'NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK' +
+           (b'?' if array.dtype.hasobject else b'\x00') + b'tb')
+  shape = b'(' + b''.join(b'J' + struct.pack('<i', n)
+                          for n in array.shape) + b't'
+  data = b'](' + items + b'e' if array.dtype.hasobject else _py2_str(
+      array.tobytes())
+  return (b'cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n'
+          b'K\x00\x85' + _py2_str(b'b') + b'\x87R(K\x01' + shape + dtype +
+          b'\x89' + data + b'tb')
+
+
+def _py2_npy(blobs) -> bytes:
+  """A .npy as Python 2 NumPy's np.save wrote a dict: version 1.0 header,
+  then a protocol 2 pickle of the 0-d object array holding it."""
+  entries = b''.join(
+      _py2_str(name.encode()) + b'](' + b''.join(map(_py2_array, blob)) +
+      b'es' for name, blob in blobs.items())
+  pickled = _py2_array(np.empty((), object), b'}' + entries)
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      header, {'descr': '|O', 'fortran_order': False, 'shape': ()})
+  return header.getvalue() + b'\x80\x02' + pickled + b'.'
+
+
+def test_python2_numpy_file_loads(tmp_path):
+  """The shared bvlc_alexnet.npy was written by Python 2 NumPy."""
+  blobs = {'conv1': [np.arange(600, dtype=np.float32).reshape(4, 3, 5, 10),
+                     np.float32([0.5, -1, 2, 3])],
+           'fc8': [np.eye(3, dtype=np.float32), np.zeros(3, np.float32)]}
+  (tmp_path / 'py2.npy').write_bytes(_py2_npy(blobs))
+  loaded = pretrained.load_caffe(str(tmp_path / 'py2.npy'))
+  assert list(loaded) == list(blobs)
+  for name, (weight, bias) in blobs.items():
+    np.testing.assert_array_equal(loaded[name][0], weight)
+    np.testing.assert_array_equal(loaded[name][1], bias)
+    assert loaded[name][0].dtype == np.float32
+
+
+class _Payload:
+  """Pickles as a call of `function` with `argument`: what a hostile file
+  holds."""
+
+  def __init__(self, function, argument):
+    self.function, self.argument = function, argument
+
+  def __reduce__(self):
+    return self.function, (self.argument,)
+
+
+def _hostile_blobs(kind: str, marker) -> dict:
+  touch = _Payload(os.system, f'touch {marker}')
+  if kind == 'layer':  # Beside genuine-looking weights.
+    return {'conv1': [touch, np.zeros(96, np.float32)]}
+  if kind == 'object_array':  # Hidden in an object array's items.
+    return {'conv1': [np.array([None, touch], object), np.zeros(96)]}
+  return {'conv1': [_Payload(exec, f'open({str(marker)!r}, "w").close()'),
+                    np.zeros(96)]}
+
+
+@pytest.mark.parametrize('kind,refused', [
+    ('layer', 'posix.system'), ('object_array', 'posix.system'),
+    ('exec', 'builtins.exec')])
+def test_hostile_caffe_file_is_refused_before_its_payload_runs(
+    tmp_path, kind, refused):
+  marker = tmp_path / 'payload_ran'
+  np.save(tmp_path / 'evil.npy', _hostile_blobs(kind, marker),
+          allow_pickle=True)
+  with pytest.raises(ValueError) as error:
+    pretrained.load_caffe(str(tmp_path / 'evil.npy'))
+  assert str(error.value) == (
+      f'{tmp_path / "evil.npy"}: holds a reference to {refused}, which a '
+      'weights file never needs (it could run code); refusing to load')
+  assert not marker.exists()
+
+
+def test_hostile_caffe_file_is_refused_by_the_cli(tmp_path):
+  marker = tmp_path / 'payload_ran'
+  np.save(tmp_path / 'evil.npy', _hostile_blobs('layer', marker),
+          allow_pickle=True)
+  run = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.tools.convert', '--from=caffe',
+       str(tmp_path / 'evil.npy'), f'--out={tmp_path / "ckpt"}'],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert run.returncode == 1
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: {tmp_path / "evil.npy"}: holds a '
+                         'reference to posix.system')
+  assert last.endswith('refusing to load')
+  assert not marker.exists()
+  assert not (tmp_path / 'ckpt').exists()
+
+
+def _in_object_array(value) -> np.ndarray:
+  """`value` in a 0-d object array, as np.save stores a dict."""
+  array = np.empty((), object)
+  array[()] = value
+  return array
+
+
+@pytest.mark.parametrize('content,message', [
+    (np.zeros((2, 3), np.float32), r'holds a float32 array of shape \(2, 3\)'),
+    (_in_object_array({'conv1': [np.array(['a']), np.zeros(3)]}),
+     r'conv1\[0\]: <U1, not an array of numbers; refusing to load$'),
+    (_in_object_array({'conv1': {'weights': np.zeros(3)}}),
+     r"'conv1': a dict, not a list \[W, b\] under a layer name"),
+    (_in_object_array([np.zeros(3)]), r'holds a list, not a dict'),
+])
+def test_caffe_file_of_other_content_is_refused(tmp_path, content, message):
+  np.save(tmp_path / 'x.npy', content, allow_pickle=True)
+  with pytest.raises(ValueError, match=message):
+    pretrained.load_caffe(str(tmp_path / 'x.npy'))
 
 
 def test_fine_tuned_caffe_model_is_refused():
@@ -463,6 +596,18 @@ def test_predict_rejects_wrong_npy_shape(small_caffe_checkpoint, tmp_path):
   with pytest.raises(ValueError, match=r'shape \(2, 224, 224, 3\), expected '
                      r'\[N, 227, 227, 3\]'):
     inference.predict(ckpt, [str(tmp_path / 'x.npy')])
+
+
+def test_predict_refuses_a_pickled_npy(small_caffe_checkpoint, tmp_path):
+  _, _, ckpt = small_caffe_checkpoint
+  marker = tmp_path / 'payload_ran'
+  np.save(tmp_path / 'x.npy', np.array([_Payload(os.system, f'touch {marker}')],
+                                       object), allow_pickle=True)
+  with pytest.raises(ValueError, match=(
+      f'^{tmp_path / "x.npy"}: Object arrays cannot be loaded when '
+      'allow_pickle=False')):
+    inference.predict(ckpt, [str(tmp_path / 'x.npy')])
+  assert not marker.exists()
 
 
 def test_imagenet_class_names_need_no_data():

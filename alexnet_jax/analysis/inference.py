@@ -31,8 +31,12 @@ def eval_config(meta: dict[str, Any]) -> Any:
 
 
 def _load_npy(path: str, size: int) -> np.ndarray:
-  """Already-preprocessed images [N, size, size, 3] from a .npy file."""
-  array = np.load(path).astype(np.float32)
+  """Already-preprocessed images [N, size, size, 3] from a .npy file; one
+  that holds pickled objects is refused (np.load's allow_pickle=False)."""
+  try:
+    array = np.load(path).astype(np.float32)
+  except ValueError as error:
+    raise ValueError(f'{path}: {error}') from None
   array = array[None] if array.ndim == 3 else array
   if array.shape[1:] != (size, size, 3):
     raise ValueError(f'{path}: shape {array.shape}, expected [N, {size}, '

@@ -6,6 +6,12 @@ decoding errors catch the rest; files that cannot be read stop the pipeline
 instead. Every example carries its position, so a gap between positions is
 a skipped file, counted once per file.
 
+A damaged shard of a prepared dataset (a record failing its CRC, another
+number of records than index.json lists, a missing file) stops training and
+evaluation alike with `DamagedDataError`, one line naming the shard and the
+command that repairs it: a TFRecord cannot be read past a damaged record,
+so skipping would silently drop the rest of the shard, up to 1,024 images.
+
 Batches are local numpy arrays of `global_batch // process_count` examples;
 `to_global` and `prefetch_to_device` turn them into global `jax.Array`s.
 """
@@ -127,8 +133,25 @@ class DataReadError(OSError):
   """The input files could not be read (not: an image could not be decoded)."""
 
 
+class DamagedDataError(OSError):
+  """A shard of a prepared dataset is damaged; the message names it."""
+
+
 _READ_ATTEMPTS = 3
 _NOT_READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError)
+
+
+def _may_be_damage(error: tf.errors.OpError) -> bool:
+  """Whether `error` can come from a damaged or missing shard."""
+  return (isinstance(error, (tf.errors.DataLossError, tf.errors.NotFoundError))
+          or sources.WRONG_COUNT in error.message)
+
+
+def _stop_if_damaged(find_damaged: Callable[[], Optional[str]]) -> None:
+  """Raises DamagedDataError with what `find_damaged` finds, if anything."""
+  damaged = find_damaged()
+  if damaged:
+    raise DamagedDataError(damaged)
 
 
 def _train_example(config, seed: int, process_index: int,
@@ -153,7 +176,8 @@ class TrainIterator:
   this process was the first to skip: a file that fails in every epoch
   counts once, and summed over processes each counts once. Files that
   cannot be read are retried from the last position, then stop the run
-  with `DataReadError`.
+  with `DataReadError`; a damaged prepared shard stops it at once with
+  `DamagedDataError`.
   """
 
   retry_delay_s = 2.0
@@ -239,9 +263,14 @@ class TrainIterator:
       except _NOT_READ_ERRORS as error:
         if _NO_IMAGE in error.message:
           raise ValueError(_NO_IMAGE) from None
+        if _may_be_damage(error):
+          _stop_if_damaged(self._damaged_shard)
         raise
       except tf.errors.OpError as error:
-        message = error.message.strip().splitlines()[0]
+        message = sources.op_message(error)
+        if isinstance(error, tf.errors.DataLossError) or (
+            attempt == _READ_ATTEMPTS and _may_be_damage(error)):
+          _stop_if_damaged(self._damaged_shard)
         if attempt == _READ_ATTEMPTS:
           raise DataReadError(f'reading the training data failed '
                               f'{attempt} times: {message}') from None
@@ -251,6 +280,11 @@ class TrainIterator:
         self._restart(self._epoch, self._next_index)
     self._advance(batch['epoch'], batch['index'])
     return {k: batch[k] for k in device.TRAIN_KEYS}
+
+  def _damaged_shard(self) -> Optional[str]:
+    return self._source.damaged_train_shard(
+        self._config.seed, self._epoch, self._next_index,
+        self._process_index, self._process_count)
 
   def _advance(self, epochs: np.ndarray, indices: np.ndarray) -> None:
     """Moves the state past the rows (epoch, index) and counts the files
@@ -348,8 +382,12 @@ class EvalIterable:
       try:
         batch = next(batches, None)
       except tf.errors.OpError as error:  # Undecodable files are dropped.
+        if _may_be_damage(error):
+          _stop_if_damaged(functools.partial(
+              self._source.damaged_eval_shard, self._process_index,
+              self._process_count))
         raise DataReadError('reading the evaluation data failed: ' +
-                            error.message.strip().splitlines()[0]) from None
+                            sources.op_message(error)) from None
       padded = self._padded(batch, image_shape)
       self.num_examples += int(padded['mask'].sum())
       yield padded

@@ -25,6 +25,11 @@ Training example j of a folder goes to shard j mod N, so every shard holds
 every class; TFDS shards take contiguous ranges of TFDS's already shuffled
 order.
 
+Each shard's marker, and index.json, record its size and the CRC-32 of its
+records, computed as they are written. `--verify` (`verify`) reads every
+shard of a host and checks them, and rewrites from the source exactly the
+damaged or missing ones, as a resumed run would write them.
+
 `--measure_quality=75,85,90,95` measures PSNR and size at those qualities
 on `--sample` training images and writes nothing.
 """
@@ -37,8 +42,10 @@ import os
 import time
 from typing import Any, Optional
 import uuid
+import zlib
 
 import numpy as np
+
 from alexnet_jax import logs
 from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
@@ -47,6 +54,8 @@ from alexnet_jax.data import sources
 FORMAT = 'alexnet_jax.prepared/1'
 SPLITS = ('train', 'val')
 _MAX_PSNR = 99.0  # dB, for an image stored without error.
+# What index.json lists of each shard: `--verify` checks the last three.
+_SHARD_FIELDS = ('file', 'count', 'bytes', 'records_crc32')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,12 +235,14 @@ def write_shard(task: Task) -> dict[str, Any]:
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
   name_of = dict(zip(task.keys.tolist(), task.names))
-  written, sse = [], []
+  written, sse, crc = [], [], 0
   try:
     with tf.io.TFRecordWriter(temporary) as writer:
       for r in ds.with_options(options).as_numpy_iterator():
         key = int(r['key'])
-        writer.write(_example(r['jpeg'], int(r['label']), key, name_of[key]))
+        record = _example(r['jpeg'], int(r['label']), key, name_of[key])
+        writer.write(record)
+        crc = zlib.crc32(record, crc)
         written.append(key)
         sse.append(float(r['sse']))
     tf.io.gfile.rename(temporary, path, overwrite=True)
@@ -246,7 +257,7 @@ def write_shard(task: Task) -> dict[str, Any]:
                                 {name_of[k] for k in written}),
           'sse': float(np.sum(sse)), 'psnr_sum': float(values.sum()),
           'psnr_min': float(values.min()) if len(values) else None,
-          'bytes': tf.io.gfile.stat(path).length,
+          'bytes': tf.io.gfile.stat(path).length, 'records_crc32': crc,
           'seconds': time.perf_counter() - started}
   _write_json(_done_marker(path), done)
   return dict(done, split=task.split, listed=len(task.keys))
@@ -330,7 +341,7 @@ def _write_index(out: str, settings: Settings,
     count = sum(d['count'] for d in done)
     pixels = count * settings.resize_size**2 * 3
     splits[split] = {
-        'shards': [{'file': d['file'], 'count': d['count']} for d in done],
+        'shards': [{k: d[k] for k in _SHARD_FIELDS if k in d} for d in done],
         'num_examples': count,
         'num_listed': settings.num_listed[split],
         'undecodable': sorted(n for d in done for n in d['undecodable']),
@@ -375,6 +386,16 @@ def prepare(config, out: str, *, quality: int = 90,
   print(f'prepare: {config.dataset} -> {out}: {num_listed["train"]} train '
         f'and {num_listed["val"]} val images; {len(tasks)} shards to write '
         f'here ({mine - len(tasks)} done)', flush=True)
+  _write_shards(tasks, workers)
+  index = _write_index(out, settings, listing)
+  if index is None:
+    print('prepare: shards of other hosts are missing; the last host to '
+          'finish writes index.json (or run this again when all are done)')
+  return index
+
+
+def _write_shards(tasks: list[Task], workers: Optional[int]) -> None:
+  """Writes the tasks' shards, `workers` processes (default: every core)."""
   workers = workers or len(os.sched_getaffinity(0))
   progress = _Progress(tasks)
   if workers == 1 or len(tasks) <= 1:
@@ -385,11 +406,99 @@ def prepare(config, out: str, *, quality: int = 90,
     with context.Pool(min(workers, len(tasks)), _init_worker) as pool:
       for done in pool.imap_unordered(write_shard, tasks):
         progress.update(done['listed'])
-  index = _write_index(out, settings, listing)
-  if index is None:
-    print('prepare: shards of other hosts are missing; the last host to '
-          'finish writes index.json (or run this again when all are done)')
-  return index
+
+
+# ---------------------------------------------------------------------------
+# Checking and repairing a prepared directory.
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+  """What `verify` found: the damaged or missing shards, and which of them
+  it rewrote."""
+  damaged: list[str]
+  rewritten: list[str]
+
+
+def _recorded_settings(out: str, config) -> Settings:
+  """The settings DIR/prepare.json records, which `config` must match."""
+  recorded = _read_json(os.path.join(out, 'prepare.json'))
+  if recorded is None:
+    raise FileNotFoundError(f'{out}/prepare.json not found: --out is not a '
+                            'directory written by alexnet_jax.tools.prepare')
+  try:
+    settings = Settings(**recorded)
+  except TypeError:
+    raise ValueError(f'{out}/prepare.json does not hold the settings of a '
+                     'preparation') from None
+  wanted = {'dataset': config.dataset,
+            'resize_size': config.input.resize_size,
+            'antialias': config.input.antialias}
+  changed = sorted(k for k, v in wanted.items()
+                   if getattr(settings, k) != v)
+  if changed:
+    raise ValueError(f'--config differs from the preparation in {out} '
+                     f'({", ".join(changed)}); give the config that '
+                     'prepared it')
+  return settings
+
+
+def _repair_listing(config, settings: Settings) -> tuple[Optional[_Listing],
+                                                         str]:
+  """The source listing to rewrite shards from, or None and why not."""
+  if sources.is_tfds(config) and not sources.tfds_builder(
+      config).is_prepared():
+    return None, f'{config.dataset} is not prepared in TFDS here'
+  try:
+    listing = _list_source(config)
+  except (OSError, ValueError) as error:
+    return None, str(error)
+  listed = {s: len(listing.names[s]) for s in SPLITS}
+  if listed != settings.num_listed:
+    return None, (f'the source lists {listed} images, the preparation '
+                  f'{settings.num_listed}: it changed since')
+  return listing, ''
+
+
+def verify(config, out: str, *, workers: Optional[int] = None,
+           process_index: int = 0, process_count: int = 1) -> Verification:
+  """Checks this host's shards of DIR and rewrites the damaged ones.
+
+  Reads every shard of this host (shards i, i + P, ... of each split, as
+  `prepare` writes them) through `sources.shard_damage`: size, every
+  record's CRC-32C, count and records' CRC-32 against index.json. Prints a
+  line per damaged or missing shard. Where `config`'s source is available
+  and lists what it listed when prepared, rewrites exactly those shards
+  as `prepare` wrote them, and index.json once every shard is done;
+  otherwise only reports. Quality and shard counts come from
+  DIR/prepare.json.
+  """
+  settings = _recorded_settings(out, config)
+  index = sources.read_prepared_index(out)
+  damaged, shards = [], []
+  for split in SPLITS:
+    entries = index['splits'][split]['shards']
+    for shard in range(process_index, len(entries), process_count):
+      entry = entries[shard]
+      path = os.path.join(out, entry['file'])
+      reason = sources.shard_damage(path, entry['count'], entry.get('bytes'),
+                                    entry.get('records_crc32'))
+      if reason:
+        print(f'damaged {path}: {reason}', flush=True)
+        damaged.append(path)
+        shards.append((split, shard))
+  if not damaged:
+    return Verification([], [])
+  listing, why_not = _repair_listing(config, settings)
+  if listing is None:
+    print(f'verify: not rewriting: {why_not}')
+    return Verification(damaged, [])
+  _write_shards([_task(listing, out, settings, split, shard)
+                 for split, shard in shards], workers)
+  for path in damaged:
+    print(f'rewrote {path}')
+  _write_index(out, settings, listing)
+  return Verification(damaged, damaged)
 
 
 def summary(index: dict) -> str:

@@ -19,7 +19,9 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Optional
+import re
+from typing import Any, Callable, Iterable, Optional
+import zlib
 
 from absl import logging
 import jax
@@ -163,6 +165,14 @@ class _FolderSource:
   def eval_shard_size(self, process_index: int, process_count: int) -> int:
     return len(self.eval_paths[process_index::process_count])
 
+  def damaged_train_shard(self, *unused_position) -> Optional[str]:
+    """None: only prepared datasets are made of shards this package checks."""
+    return None
+
+  def damaged_eval_shard(self, *unused_share) -> Optional[str]:
+    """None: only prepared datasets are made of shards this package checks."""
+    return None
+
   def eval_records(self, process_index: int,
                    process_count: int) -> tf.data.Dataset:
     paths = self.eval_paths[process_index::process_count]
@@ -246,16 +256,25 @@ def _pieces(counts: np.ndarray, begin: int, end: int) -> np.ndarray:
   return np.array(pieces, np.int64).reshape(-1, 3)
 
 
-def _read_pieces(paths: tf.Tensor, pieces: np.ndarray, blocks, epoch,
-                 order_key: Optional[tf.Tensor]) -> tf.data.Dataset:
+# In the error of a shard that holds another number of records than the
+# index lists (truncated at a record boundary, or another shard).
+WRONG_COUNT = 'a prepared shard holds another number of records than index.json'
+
+
+def _read_pieces(paths: tf.Tensor, counts: np.ndarray, pieces: np.ndarray,
+                 blocks, epoch, order_key: Optional[tf.Tensor]
+                 ) -> tf.data.Dataset:
   """Records of the pieces `blocks` = (piece, examples to skip, position of
   the first example read), in `order_key`'s order inside each (if any).
 
   Each piece's shard file is read whole, without decoding, and its
-  examples are taken in the block's order. Two blocks are read at a time,
-  in order; everything is done per block, nothing per example.
+  examples are taken in the block's order; a shard that does not hold the
+  `counts` of index.json stops the pipeline (`WRONG_COUNT`). Two blocks are
+  read at a time, in order; everything is done per block, nothing per
+  example.
   """
   table = tf.constant(pieces, tf.int64)
+  shard_counts = tf.constant(counts, tf.int64)
 
   def read(block, skip, position):
     shard, first, size = tf.unstack(table[block])
@@ -266,8 +285,12 @@ def _read_pieces(paths: tf.Tensor, pieces: np.ndarray, blocks, epoch,
     serialized = tf.data.TFRecordDataset(
         paths[shard], buffer_size=_READ_BUFFER).batch(
             2**31 - 1).get_single_element()
-    examples = tf.io.parse_example(
-        tf.gather(serialized, order[skip:] + first), PREPARED_FEATURES)
+    whole = tf.debugging.Assert(
+        tf.equal(tf.size(serialized, tf.int64), shard_counts[shard]),
+        [WRONG_COUNT, paths[shard]])
+    with tf.control_dependencies([whole]):
+      examples = tf.io.parse_example(
+          tf.gather(serialized, order[skip:] + first), PREPARED_FEATURES)
     count = size - skip
     return _records(examples['image'], examples['label'],
                     tf.range(position, position + count),
@@ -275,6 +298,48 @@ def _read_pieces(paths: tf.Tensor, pieces: np.ndarray, blocks, epoch,
 
   ds = tf.data.Dataset.from_tensor_slices(blocks)
   return ds.map(read, num_parallel_calls=2).unbatch()
+
+
+def op_message(error: tf.errors.OpError) -> str:
+  """The first line of a TensorFlow error, without its op and node names."""
+  message = error.message.strip().splitlines()[0]
+  message = re.sub(r'\{\{[^}]*\}\}\s*', '', message)
+  return re.sub(r'\s*\[Op:.*$', '', message)
+
+
+def shard_damage(path: str, count: int, size: Optional[int] = None,
+                 records_crc32: Optional[int] = None) -> Optional[str]:
+  """Why the prepared shard at `path` is damaged, or None if it is whole.
+
+  Whole: it exists, has `size` bytes, every record's CRC-32C (TFRecord's
+  own) holds, it holds `count` records, and their CRC-32 (zlib, over the
+  records in order) is `records_crc32`; `size` and `records_crc32` are
+  checked when given (prepare records them). Reads the whole file. A file
+  that cannot be read (permissions, network) raises OSError: it is not
+  known to be damaged.
+  """
+  if not tf.io.gfile.exists(path):
+    return 'missing'
+  actual = tf.io.gfile.stat(path).length
+  if size is not None and actual != size:
+    return f'{actual} bytes, not the {size} prepared (truncated or replaced)'
+  read, crc = 0, 0
+  records = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER)
+  try:
+    for batch in records.batch(256).as_numpy_iterator():
+      for record in batch:
+        crc = zlib.crc32(record, crc)
+      read += len(batch)
+  except tf.errors.DataLossError as error:
+    return f'{op_message(error)} (its records from there on are unreadable)'
+  except tf.errors.OpError as error:
+    raise OSError(f'{path}: {op_message(error)}') from None
+  if read != count:
+    return f'{read} records, not the {count} index.json lists'
+  if records_crc32 is not None and crc != records_crc32:
+    return ('its records differ from those prepared (CRC-32 '
+            f'{crc:08x}, not {records_crc32:08x}): another shard?')
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,8 +379,8 @@ class _PreparedSource:
 
     def epoch_records(epoch, skip):
       key = _order_key(seed, process_index, epoch)
-      return _read_pieces(paths, pieces, _epoch_blocks(key, pieces[:, 2], skip),
-                          epoch, key)
+      return _read_pieces(paths, counts, pieces,
+                          _epoch_blocks(key, pieces[:, 2], skip), epoch, key)
 
     return _over_epochs(epoch_records, first_epoch, start)
 
@@ -341,7 +406,42 @@ class _PreparedSource:
     pieces = _pieces(counts, *self._eval_range(process_index, process_count))
     blocks = (np.arange(len(pieces)), np.zeros(len(pieces), np.int64),
               np.cumsum(pieces[:, 2]) - pieces[:, 2])
-    return _read_pieces(paths, pieces, blocks, 0, None)
+    return _read_pieces(paths, counts, pieces, blocks, 0, None)
+
+  def _damaged(self, split: str, shards: Iterable[int]) -> Optional[str]:
+    """'FILE: why; how to repair' of the first damaged one of `shards`."""
+    for shard in dict.fromkeys(int(s) for s in shards):
+      entry = self.index['splits'][split]['shards'][shard]
+      path = os.path.join(self.root, entry['file'])
+      reason = shard_damage(path, entry['count'], entry.get('bytes'))
+      if reason:
+        return (f'{path}: {reason}; check and repair the prepared dataset '
+                'with python -m alexnet_jax.tools.prepare --config=CONFIG '
+                f'--out={self.root} --verify (CONFIG: the config that '
+                'prepared it)')
+    return None
+
+  def damaged_train_shard(self, seed: int, epoch: int, position: int,
+                          process_index: int, process_count: int
+                          ) -> Optional[str]:
+    """The first damaged shard of this process's share, checked in the
+    order the pipeline reads them from `position` of `epoch` on, then the
+    rest of the share."""
+    size = self.train_shard_size(process_count)
+    _, counts = self._split('train')
+    pieces = _pieces(counts, process_index * size, (process_index + 1) * size)
+    key = _order_key(seed, process_index, tf.constant(epoch, tf.int64))
+    order, _, _ = _epoch_blocks(key, pieces[:, 2],
+                                tf.constant(position, tf.int64))
+    return self._damaged('train', [*pieces[order.numpy(), 0],
+                                   *pieces[:, 0]])
+
+  def damaged_eval_shard(self, process_index: int,
+                         process_count: int) -> Optional[str]:
+    """The first damaged shard of this process's evaluation share."""
+    _, counts = self._split('val')
+    pieces = _pieces(counts, *self._eval_range(process_index, process_count))
+    return self._damaged('val', pieces[:, 0])
 
 
 def read_prepared_index(root: str) -> dict:
@@ -352,7 +452,14 @@ def read_prepared_index(root: str) -> dict:
         f'{path} not found: run `python -m alexnet_jax.tools.prepare '
         f'--out={root}` (to the end, on every host) first')
   with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+    index = json.load(f)
+  for split in index['splits'].values():
+    for shard in split['shards']:
+      name = shard['file']
+      if os.path.basename(name) != name or name.startswith('.'):
+        raise ValueError(f'{path}: shard {name!r} is not a file name in '
+                         f'{root}; refusing to read outside it')
+  return index
 
 
 @functools.lru_cache(maxsize=8)
@@ -448,6 +555,9 @@ class _TfdsSource:
   def eval_shard_size(self, process_index: int, process_count: int) -> int:
     split = self._eval_subsplit(process_index, process_count)
     return self.builder.info.splits[split].num_examples
+
+  damaged_train_shard = _FolderSource.damaged_train_shard
+  damaged_eval_shard = _FolderSource.damaged_eval_shard
 
   def eval_records(self, process_index: int,
                    process_count: int) -> tf.data.Dataset:

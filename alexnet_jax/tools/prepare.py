@@ -6,9 +6,15 @@ r"""Stores a dataset's base images once, as JPEGs in a few large shard files.
 
 Then train with `--config.dataset=prepared:DIR`. The format, resumption and
 multi-host use are described in `alexnet_jax/data/prepare.py`.
+`--verify` (same config, --out and hosts) checks every shard instead, prints
+a line per damaged or missing one and `damaged_shards N`, and rewrites them
+from the source where it is available; its exit status is 1 while damaged
+shards remain.
 `--measure_quality=75,85,90,95` only measures the PSNR and size of the
 stored images at those qualities on `--sample` training images.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -41,6 +47,9 @@ def define_flags() -> cli.Flags:
           'Only measure PSNR and size at these qualities.'),
       'sample': flags.DEFINE_integer(
           'sample', 200, 'Images for --measure_quality.'),
+      'verify': flags.DEFINE_bool(
+          'verify', False, 'Check every shard of --out (this host\'s) and '
+          'rewrite the damaged ones from the source.'),
       'tfds_only': flags.DEFINE_bool(
           'tfds_only', False, "Only run TFDS's download_and_prepare (needed "
           'once before a multi-host run reads a TFDS dataset directly).'),
@@ -69,6 +78,9 @@ def main(argv: list[str], flag: cli.Flags) -> None:
     raise app.UsageError('--out is required')
   if not 0 <= flag['process_index'].value < flag['process_count'].value:
     raise ValueError('--process_index must be in [0, --process_count)')
+  if flag['verify'].value:
+    _verify(config, out, flag)
+    return
   index = prepare.prepare(config, out, quality=flag['quality'].value,
                           examples_per_shard=flag['examples_per_shard'].value,
                           workers=flag['workers'].value,
@@ -77,6 +89,16 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   if index is not None:
     print(prepare.summary(index))
     print(f'train with --config.dataset=prepared:{out}')
+
+
+def _verify(config, out: str, flag: cli.Flags) -> None:
+  """Runs `prepare.verify`; exit status 1 if damaged shards remain."""
+  found = prepare.verify(config, out, workers=flag['workers'].value,
+                         process_index=flag['process_index'].value,
+                         process_count=flag['process_count'].value)
+  print(f'damaged_shards {len(found.damaged)}')
+  if len(found.rewritten) < len(found.damaged):
+    sys.exit(1)
 
 
 if __name__ == '__main__':
