@@ -11,6 +11,7 @@ pipeline (see `benchmark_input` for that). Model FLOPs are
 4), so MFU is comparable across implementations and modes.
 """
 
+import dataclasses
 import statistics
 import time
 from typing import Any, Callable
@@ -47,8 +48,31 @@ def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
   return times
 
 
-def jax_train_step(config, batch_size: int) -> Callable[[], None]:
-  """One call of the real jitted train step of `config.mode`, blocking."""
+@dataclasses.dataclass
+class JaxTrainStep:
+  """The real jitted train step of a mode on a device-resident batch."""
+  fn: Callable
+  state: Any
+  batch: Any
+  rng: Any
+  mesh: Any
+
+  def __call__(self) -> None:
+    """One step, blocking until the devices are done."""
+    import jax  # pylint: disable=g-import-not-at-top
+    with jax.set_mesh(self.mesh):
+      self.state, metrics = self.fn(self.state, self.batch, 0.01, self.rng)
+    jax.block_until_ready(metrics)
+
+  def compiled(self) -> Any:
+    """The program each call runs (for its HLO text)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    with jax.set_mesh(self.mesh):
+      return self.fn.lower(self.state, self.batch, 0.01, self.rng).compile()
+
+
+def jax_train_step(config, batch_size: int) -> JaxTrainStep:
+  """The real jitted train step of `config.mode`, called with no arguments."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optim, parallel, train  # pylint: disable=g-import-not-at-top
@@ -68,15 +92,8 @@ def jax_train_step(config, batch_size: int) -> Callable[[], None]:
         strategy, device.TRAIN_KEYS))
     step_fn = train.make_train_step(spec, strategy, tx, state,
                                     device.Normalization.from_config(config))
-  dropout_rng = jax.random.key(1)
-  holder = [state]
-
-  def step():
-    with jax.set_mesh(strategy.mesh):
-      holder[0], metrics = step_fn(holder[0], batch, 0.01, dropout_rng)
-    jax.block_until_ready(metrics)
-
-  return step
+  return JaxTrainStep(step_fn, state, batch, jax.random.key(1),
+                      strategy.mesh)
 
 
 def torch_train_step(spec, batch_size: int,

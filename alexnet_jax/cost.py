@@ -339,7 +339,7 @@ def total_bytes(terms: Iterable[Term]) -> int:
   return round(sum(t.bytes for t in terms))
 
 
-def _by_kind(terms: list[Term]) -> dict[str, tuple[int, int]]:
+def by_kind(terms: list[Term]) -> dict[str, tuple[int, int]]:
   """kind -> (count, received bytes)."""
   out = {}
   for t in terms:
@@ -389,7 +389,7 @@ def report(mode: str, num_devices: int, batch: int, net: NetShape,
   if measured is not None:
     terms = measured.pop('terms')
     measured['collective_bytes'] = total_bytes(terms)
-    measured['collectives_by_kind'] = _by_kind(terms)
+    measured['collectives_by_kind'] = by_kind(terms)
     result['measured'] = measured
   return result
 
