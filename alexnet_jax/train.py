@@ -24,6 +24,7 @@ from alexnet_jax import logs
 from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import profile
 from alexnet_jax import towers
 from alexnet_jax.data import device
 
@@ -379,6 +380,8 @@ class _Run:
         batch_shardings(self.strategy, device.TRAIN_KEYS))
     first_step = int(self.state.step)
     self.progress = logs.Progress(first_step, num_steps)
+    capture = profile.TrainCapture.from_config(config, self.workdir,
+                                               self.writer.tensorboard_dir)
     with _StopRequest() as stop, batches:
       for step in range(first_step, num_steps):
         if stop.signal:
@@ -387,6 +390,7 @@ class _Run:
         learning_rate = self.policy(step)
         self._step(step, batches, train_step, learning_rate, dropout_rng)
         done = step + 1
+        capture.step(done, self.state, num_steps)
         if _due(done, config.log_every_steps, num_steps):
           self._log_train(done, learning_rate)
         if _due(done, config.eval_every_steps, num_steps):
