@@ -42,7 +42,7 @@ import os
 import re
 import statistics
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from absl import flags
 
@@ -217,6 +217,22 @@ def newest_trace(log_dir: str) -> str:
   return max(found, key=os.path.getmtime)
 
 
+def trace_steps(step: Callable[[], None], steps: int,
+                log_dir: str) -> tuple[str, list[float]]:
+  """Traces `steps` calls of `step` (each blocking) into `log_dir`; returns
+  the `.xplane.pb` and each call's wall seconds. A `perfetto_trace.json.gz`
+  is written beside it for ui.perfetto.dev."""
+  import jax  # pylint: disable=g-import-not-at-top
+  walls = []
+  with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+    for i in range(steps):
+      with jax.profiler.StepTraceAnnotation('train', step_num=i):
+        begin = time.perf_counter()
+        step()
+        walls.append(time.perf_counter() - begin)
+  return newest_trace(log_dir), walls
+
+
 def no_events_line(module: str, source: str, trace: str) -> str:
   return (f'no per-op events: this backend recorded none for {module} '
           f'({source} searched); the trace is {trace}')
@@ -256,8 +272,9 @@ class TrainCapture:
   it only waits for the devices at the window's two edges."""
 
   def __init__(self, window: tuple[int, int] | None, log_dir: str,
-               json_path: str | None):
+               json_path: str | None, run: dict[str, Any]):
     self.window, self.log_dir, self.json_path = window, log_dir, json_path
+    self.run = run  # Written to profile.json beside the figures.
     self.tracing = False
 
   @classmethod
@@ -277,7 +294,10 @@ class TrainCapture:
     log_dir = (tensorboard_dir if index == 0
                else os.path.join(tensorboard_dir, f'process_{index}'))
     return cls(window, log_dir,
-               os.path.join(workdir, 'profile.json') if index == 0 else None)
+               os.path.join(workdir, 'profile.json') if index == 0 else None,
+               {'mode': config.mode, 'num_devices': config.num_devices,
+                'batch_size': config.batch_size,
+                'device_kind': jax.devices()[0].device_kind})
 
   def step(self, done: int, state: Any, num_steps: int) -> None:
     """Call after every train step, `done` steps in; `state` is what to
@@ -288,7 +308,7 @@ class TrainCapture:
     start, end = self.window
     if done == start and done < num_steps:
       jax.block_until_ready(state)
-      jax.profiler.start_trace(self.log_dir)
+      jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True)
       self.tracing = True
     elif self.tracing and done in (end, num_steps):
       jax.block_until_ready(state)
@@ -310,7 +330,8 @@ class TrainCapture:
             'step_seconds', 'compute_seconds', 'collective_seconds',
             'exposed_collective_fraction')))
     if self.json_path:
-      write_json(self.json_path, figures | {'trace': trace, 'source': source})
+      write_json(self.json_path, figures | self.run | {
+          'trace': trace, 'source': source})
 
 
 def write_json(path: str, figures: dict[str, Any]) -> None:
@@ -335,6 +356,12 @@ def define_flags() -> cli.Flags:
   }
 
 
+def module_name(hlo_text: str) -> str:
+  """The HLO module's name (`jit_train_step`), as traces tag its ops."""
+  match = re.match(r'HloModule (\S+?),?\s', hlo_text)
+  return match.group(1) if match else TRAIN_MODULE
+
+
 def main(argv: list[str], flag: cli.Flags) -> None:
   del argv
   config = flag['config'].value
@@ -351,38 +378,27 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   text = step.compiled().as_text()
   for _ in range(warmup):
     step()
-  out = flag['out'].value
-  walls = []
-  with jax.profiler.trace(out):
-    for i in range(steps):
-      with jax.profiler.StepTraceAnnotation('train', step_num=i):
-        begin = time.perf_counter()
-        step()
-        walls.append(time.perf_counter() - begin)
-  trace = newest_trace(out)
+  trace, walls = trace_steps(step, steps, flag['out'].value)
+  module = module_name(text)
+  ops, source = read_ops(trace, module)
   device = jax.devices()[0]
   print(f'{config.mode} mode, {config.num_devices} x {device.device_kind}, '
-        f'batch {batch}, {steps} traced steps; trace: {trace}')
-  ops, source = read_ops(trace, module_name(text))
+        f'batch {batch}, {steps} traced steps, ops from {source}; trace: '
+        f'{trace}')
   figures = measure(ops, known_collectives(text))
+  wall = statistics.median(walls)
   if figures is None:
-    print(no_events_line(module_name(text), source, trace))
+    print(no_events_line(module, source, trace))
+    print(f'wall_step_seconds {wall:.6g}')
     return
   add_compiled_bytes(figures, text, config.num_devices)
   print(format_figures(figures))
-  print(f'wall_step_seconds {statistics.median(walls):.6g}')
+  print(f'wall_step_seconds {wall:.6g}')
   if flag['json_out'].value:
     write_json(flag['json_out'].value, figures | {
         'mode': config.mode, 'num_devices': config.num_devices,
         'batch_size': batch, 'device_kind': device.device_kind,
-        'wall_step_seconds': statistics.median(walls), 'trace': trace,
-        'source': source})
-
-
-def module_name(hlo_text: str) -> str:
-  """The HLO module's name (`jit_train_step`), as traces tag its ops."""
-  match = re.match(r'HloModule (\S+?),?\s', hlo_text)
-  return match.group(1) if match else TRAIN_MODULE
+        'wall_step_seconds': wall, 'trace': trace, 'source': source})
 
 
 if __name__ == '__main__':

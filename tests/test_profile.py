@@ -1,13 +1,13 @@
 """The profile of real train steps: what it reads from a trace, and the
 training-time capture."""
 
+import gzip
 import json
 import os
 import re
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from alexnet_jax import benchmark
@@ -24,10 +24,7 @@ def _traced(config, out_dir, steps=2):
   step = benchmark.jax_train_step(config, config.batch_size)
   text = step.compiled().as_text()
   step()
-  with jax.profiler.trace(str(out_dir)):
-    for _ in range(steps):
-      step()
-  trace = profile.newest_trace(str(out_dir))
+  trace, _ = profile.trace_steps(step, steps, str(out_dir))
   ops, _ = profile.read_ops(trace, profile.module_name(text))
   figures = profile.measure(ops, profile.known_collectives(text))
   profile.add_compiled_bytes(figures, text, config.num_devices)
@@ -76,6 +73,9 @@ def test_trace_is_where_tensorboard_reads_it(tower):
   trace = tower[2]
   assert re.search(r'plugins/profile/[^/]+/[^/]+\.xplane\.pb$', trace)
   assert os.path.getsize(trace) > 0
+  with gzip.open(os.path.join(os.path.dirname(trace),
+                              'perfetto_trace.json.gz')) as f:
+    assert json.load(f)['traceEvents']
 
 
 def test_one_device_has_no_collectives(tiny_config_factory, tmp_path):
@@ -128,6 +128,7 @@ def test_training_capture_leaves_the_losses_unchanged(tiny_config_factory,
   with open(tmp_path / 'traced' / 'profile.json') as f:
     figures = json.load(f)
   assert figures['steps'] == 2
+  assert (figures['mode'], figures['num_devices']) == ('tower', 2)
   assert figures['collectives']['all-gather']['seconds'] > 0
   assert figures['trace'].startswith(str(tmp_path / 'traced' / 'tensorboard'))
   assert not (tmp_path / 'plain' / 'profile.json').exists()
