@@ -160,6 +160,10 @@ def step_split(ops: list[Op], known: Mapping[str, str]) -> dict[str, Any]:
                     for kind, group in kinds.items()}}
 
 
+def _mean(splits: Iterable[dict[str, Any]], key: str) -> float:
+  return statistics.fmean(s[key] for s in splits)
+
+
 def measure(ops: list[Op], known: Mapping[str, str]) -> dict[str, Any] | None:
   """Per step per device figures, averaged over every traced step of every
   device; None where there are no ops."""
@@ -169,9 +173,8 @@ def measure(ops: list[Op], known: Mapping[str, str]) -> dict[str, Any] | None:
   if not groups:
     return None
   splits = {key: step_split(group, known) for key, group in groups.items()}
-  mean = lambda key, of=splits.values(): statistics.fmean(s[key] for s in of)
-  figures = {key: mean(key) for key in ('step_seconds', 'compute_seconds',
-                                        'collective_seconds')}
+  figures = {key: _mean(splits.values(), key) for key in (
+      'step_seconds', 'compute_seconds', 'collective_seconds')}
   figures['exposed_collective_fraction'] = statistics.fmean(
       s['exposed_seconds'] / s['step_seconds'] if s['step_seconds'] else 0.0
       for s in splits.values())
@@ -184,8 +187,8 @@ def measure(ops: list[Op], known: Mapping[str, str]) -> dict[str, Any] | None:
       for kind in kinds}
   devices = sorted({device for device, _ in splits})
   figures['per_device'] = {
-      device: {key: mean(key, [s for (d, _), s in splits.items()
-                               if d == device])
+      device: {key: _mean([s for (d, _), s in splits.items() if d == device],
+                          key)
                for key in ('step_seconds', 'compute_seconds',
                            'collective_seconds', 'exposed_seconds')}
       for device in devices}
