@@ -372,6 +372,11 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   if steps < 1 or warmup < 1:
     raise ValueError('--steps and --warmup: at least 1 each (the first '
                      'warm-up step compiles)')
+  out = flag['out'].value
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as error:
+    raise OSError(f'--out: cannot create {out} ({error.strerror})') from None
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.request_cpu_devices(config.num_devices)
   import jax  # pylint: disable=g-import-not-at-top
@@ -381,7 +386,7 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   text = step.compiled().as_text()
   for _ in range(warmup):
     step()
-  trace, walls = trace_steps(step, steps, flag['out'].value)
+  trace, walls = trace_steps(step, steps, out)
   module = module_name(text)
   ops, source = read_ops(trace, module)
   device = jax.devices()[0]

@@ -155,3 +155,14 @@ def test_command_prints_the_split(tmp_path):
   assert any(line.startswith('all-gather ') for line in lines)
   with open(tmp_path / 'p.json') as f:
     assert json.load(f)['mode'] == 'tower'
+
+
+def test_unusable_out_is_a_clear_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.profile', '--config=configs/demo.py',
+       f'--out={blocker}/trace'], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'error: --out: cannot create {blocker}/trace')
