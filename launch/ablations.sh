@@ -159,7 +159,10 @@ What it does show: every mode and ablation trains end to end from the same
 data and seeds, and the collective bytes and memory per device are what
 each compiled train step moves and holds (\`python -m alexnet_jax.cost\`
 gives them at full size and projects step times with --link_gbps and
---device_tflops).
+--device_tflops). The measured table (\`python -m alexnet_jax.profile\`)
+splits each step's time into compute and collectives on these simulated
+devices, where a collective's time is mostly waiting for the other device;
+the same command on a GPU or TPU node measures real overlap.
 INTRO
 )"
 scaling
