@@ -104,4 +104,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5_000
   config.keep_checkpoints = 3
+  # (START, END): trace the steps after step START up to step END into the
+  # TensorBoard directory, and their compute/collective split into
+  # profile.json (alexnet_jax.tools.profile). None traces nothing.
+  config.profile_steps = config_dict.placeholder(tuple)
   return config

@@ -27,6 +27,7 @@ from alexnet_jax import parallel
 from alexnet_jax import train
 from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import towers
+from alexnet_jax.analysis import trace
 
 def _start_jax(num_devices: int, flag: cli.Flags) -> None:
   """Before any JAX backend starts: the compilation cache, then this
@@ -118,7 +119,8 @@ def main(argv: list[str], flag: cli.Flags) -> None:
     if jax.process_index() == 0 and workdir:
       _write_config(config, workdir)
     train.train_and_evaluate(config, workdir,
-                             on_evaluate=(towers.conv1_hook,))
+                             on_evaluate=(towers.conv1_hook,),
+                             on_profiled=trace.profile_hook)
 
 
 if __name__ == '__main__':

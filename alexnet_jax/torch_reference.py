@@ -20,8 +20,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from alexnet_jax import pretrained
 from alexnet_jax import models
+from alexnet_jax import pretrained
 
 
 class TorchAlexNet(nn.Module):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from alexnet_jax import capture
 from alexnet_jax import checkpoint
 from alexnet_jax import logs
 from alexnet_jax import models
@@ -167,20 +168,25 @@ EvalHook = Callable[[logs.MetricsWriter, int, Any, Any], None]
 
 
 def train_and_evaluate(config: Any, workdir: str,
-                       on_evaluate: tuple[EvalHook, ...] = ()
+                       on_evaluate: tuple[EvalHook, ...] = (),
+                       on_profiled: capture.ProfileHook | None = None
                        ) -> dict[str, float]:
   """Trains per `config`, resuming from `workdir` if it holds checkpoints.
+
+  `on_evaluate` hooks run after each evaluation; `on_profiled` when the
+  window of `config.profile_steps` has been traced.
 
   Returns the last evaluation's metrics.
   """
   spec = parallel.spec_of(config)
   strategy = parallel.strategy_from_config(config)
   with jax.set_mesh(strategy.mesh):
-    return _train_and_evaluate(config, workdir, spec, strategy, on_evaluate)
+    return _train_and_evaluate(config, workdir, spec, strategy,
+                               (on_evaluate, on_profiled))
 
 
 def _train_and_evaluate(config, workdir, spec, strategy,
-                        on_evaluate) -> dict[str, float]:
+                        hooks) -> dict[str, float]:
   check_config(config, strategy, spec)
   prepare_workdir(workdir)
   num_steps, steps_per_epoch = total_steps(config)
@@ -188,7 +194,7 @@ def _train_and_evaluate(config, workdir, spec, strategy,
   tx = optim.create_optimizer(config.optimizer, parallel.abstract_params(spec))
   run = _Run(config, workdir, spec, strategy,
              steps.create_train_state(spec, strategy, tx, init_rng),
-             steps_per_epoch, on_evaluate)
+             steps_per_epoch, *hooks)
   run.resume(spec)
   train_step = steps.make_train_step(spec, strategy, tx, run.state,
                                      device.Normalization.from_config(config))
@@ -208,9 +214,10 @@ class _Run:
 
   def __init__(self, config: Any, workdir: str, spec: models.AlexNetSpec,
                strategy: parallel.Strategy, state: steps.TrainState,
-               steps_per_epoch: float, on_evaluate: tuple[EvalHook, ...]):
+               steps_per_epoch: float, on_evaluate: tuple[EvalHook, ...],
+               on_profiled: capture.ProfileHook | None):
     self.config, self.workdir, self.strategy = config, workdir, strategy
-    self.on_evaluate = on_evaluate
+    self.on_evaluate, self.on_profiled = on_evaluate, on_profiled
     self.state = state
     self.policy = optim.LearningRatePolicy.from_config(config.optimizer,
                                                        steps_per_epoch)
@@ -260,6 +267,8 @@ class _Run:
         steps.batch_shardings(self.strategy, device.TRAIN_KEYS))
     first_step = int(self.state.step)
     self.progress = logs.Progress(first_step, num_steps)
+    profiler = capture.TrainCapture.from_config(
+        config, self.workdir, self.writer.tensorboard_dir, self.on_profiled)
     with _StopRequest() as stop, batches:
       for step in range(first_step, num_steps):
         if stop.signal:
@@ -268,6 +277,7 @@ class _Run:
         learning_rate = self.policy(step)
         self._step(step, batches, train_step, learning_rate, dropout_rng)
         done = step + 1
+        profiler.step(done, self.state, num_steps)
         if _due(done, config.log_every_steps, num_steps):
           self._log_train(done, learning_rate)
         if _due(done, config.eval_every_steps, num_steps):

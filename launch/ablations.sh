@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every execution mode and the paper's ablations (configs/ablations/)
 # on the synthetic dataset at a small scale, measures each run's train step
-# with the cost tool, and writes the side-by-side report.
+# with the cost tool (bytes, memory) and the profile tool (compute and
+# collective time, a trace in the run's TensorBoard directory), and writes
+# the side-by-side report.
 #
 # Usage: launch/ablations.sh [RUNS_DIR] [REPORT_DIR] [SCALING_DIR]
 #   RUNS_DIR     workdirs, one per run (default /tmp/alexnet_jax_ablations)
@@ -16,7 +18,7 @@
 #   SCALING_ONLY=1 (skip the training runs).
 #
 # The scale (67x67 inputs, a quarter of the paper's widths, 8 classes) is
-# chosen so that the whole set runs in about 20 minutes on a 2-core CPU with
+# chosen so that the whole set runs in about 25 minutes on a 2-core CPU with
 # simulated devices; change SMALL below for anything else.
 set -euo pipefail
 
@@ -70,6 +72,11 @@ run() {
     --json_out="$workdir/cost.json" "${SMALL[@]}" "$@" \
     > "$workdir/cost.txt" 2>&1
   tail -n 2 "$workdir/cost.txt"
+  "$python" -m alexnet_jax.tools.profile --config="$repo/$config" \
+    --out="$workdir/tensorboard" --json_out="$workdir/profile.json" \
+    "${SMALL[@]}" "$@" > "$workdir/profile.txt" 2>&1
+  grep -E '^(step_seconds|exposed_collective_fraction|no per-op) ' \
+    "$workdir/profile.txt" || true
 }
 
 # The scaling study: mode, then slice; 128 images per chip. A mode that
@@ -152,7 +159,10 @@ What it does show: every mode and ablation trains end to end from the same
 data and seeds, and the collective bytes and memory per device are what
 each compiled train step moves and holds (\`python -m alexnet_jax.tools.cost\`
 gives them at full size and projects step times with --link_gbps and
---device_tflops).
+--device_tflops). The measured table (\`python -m alexnet_jax.tools.profile\`)
+splits each step's time into compute and collectives on these simulated
+devices, where a collective's time is mostly waiting for the other device;
+the same command on a GPU or TPU node measures real overlap.
 INTRO
 )"
 scaling

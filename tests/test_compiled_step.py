@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import steps
 from alexnet_jax import defaults
 from alexnet_jax import optim, parallel, train
+from alexnet_jax import steps
 from alexnet_jax.analysis import hlo
 from alexnet_jax.data import device
 

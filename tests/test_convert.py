@@ -23,12 +23,12 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import checkpoint
-from alexnet_jax import pretrained
 from alexnet_jax import defaults
 from alexnet_jax import models
 from alexnet_jax import parallel
-from alexnet_jax.analysis import inference
+from alexnet_jax import pretrained
 from alexnet_jax import train
+from alexnet_jax.analysis import inference
 import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

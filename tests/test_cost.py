@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from alexnet_jax.analysis import compiled
-from alexnet_jax.analysis import comms
 from alexnet_jax import models
+from alexnet_jax.analysis import comms
+from alexnet_jax.analysis import compiled
 from alexnet_jax.tools import cost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

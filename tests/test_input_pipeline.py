@@ -12,9 +12,9 @@ import tensorflow as tf
 from alexnet_jax import defaults
 from alexnet_jax.data import augment
 from alexnet_jax.data import decode
+from alexnet_jax.data import device
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
-from alexnet_jax.data import device
 from data_config import CROP, RESIZE, small_data_config
 
 _config = small_data_config

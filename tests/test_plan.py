@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from alexnet_jax.analysis import projection
 from alexnet_jax import hardware
-from alexnet_jax.analysis import comms
 from alexnet_jax import models
+from alexnet_jax.analysis import comms
+from alexnet_jax.analysis import projection
 from alexnet_jax.tools import cost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
-from alexnet_jax.data import sources
 from alexnet_jax.data import prepare
+from alexnet_jax.data import sources
 from data_config import CROP, RESIZE, small_data_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from alexnet_jax.data import synthetic
 from alexnet_jax import train
 from alexnet_jax.data import iterators
 from alexnet_jax.data import prepare
+from alexnet_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SHARD = 'train-00001-of-00003.tfrecord'

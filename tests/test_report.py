@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from alexnet_jax import hardware
+from alexnet_jax.analysis import projection
 from alexnet_jax.tools import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +56,37 @@ def test_wall_time_excludes_evaluation(tmp_path):
   run = report.load_run(_workdir(tmp_path / 'r', 'data', 2, [0.5, 0.4],
                                  [10, 10]))
   assert run.wall_time_at() == {10: 5.0, 20: 10.0}
+
+
+def _profiled(path, device_kind, step, compute, collective, exposed):
+  (path / 'profile.json').write_text(json.dumps({
+      'device_kind': device_kind, 'step_seconds': step,
+      'compute_seconds': compute, 'collective_seconds': collective,
+      'exposed_collective_fraction': exposed}))
+
+
+def test_profiled_runs_sit_beside_cost_and_plan(tmp_path):
+  cpu = _workdir(tmp_path / 'cpu', 'tower', 2, [0.5], [10])
+  _profiled(tmp_path / 'cpu', 'cpu', 0.004, 0.003, 0.0015, 0.25)
+  gpu = _workdir(tmp_path / 'gpu', 'data', 2, [0.5], [10], cost=False)
+  config = json.loads((tmp_path / 'gpu' / 'config.json').read_text())
+  (tmp_path / 'gpu' / 'config.json').write_text(json.dumps(
+      config | {'model': {'variant': 'paper'}}))
+  _profiled(tmp_path / 'gpu', 'NVIDIA H100 80GB HBM3', 0.02, 0.015, 0.004,
+            0.1)
+  plain = _workdir(tmp_path / 'plain', 'data', 2, [0.5], [10])
+  text = report.write_report([cpu, gpu, plain], str(tmp_path / 'out'))
+  rows = {line.split(' | ')[0]: line.split(' | ')
+          for line in text.split('Measured per step')[0].split(
+              'step ms | compute ms')[1].splitlines() if line.startswith('| ')}
+  assert set(rows) == {'| cpu', '| gpu'}
+  assert rows['| cpu'][4:] == ['4.00', '3.00', '1.50', '25.0%', '3.0', '- |']
+  hw = hardware.HARDWARE['h100_sxm8']
+  expected = projection.project('data', 2, 64,
+                                projection.variant_net('paper'), hw,
+                                projection.device_rate(hw))['step_s']
+  assert rows['| gpu'][-1] == f'{expected * 1e3:.2f} |'
+  assert rows['| gpu'][-2] == '-'
 
 
 def test_cli(tmp_path):

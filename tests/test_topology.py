@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
-from alexnet_jax.analysis import hlo
-from alexnet_jax import hardware
-from alexnet_jax.analysis import compiled
-from alexnet_jax.analysis import comms
 from alexnet_jax import aot
+from alexnet_jax import hardware
 from alexnet_jax import models, parallel
+from alexnet_jax.analysis import comms
+from alexnet_jax.analysis import compiled
+from alexnet_jax.analysis import hlo
 from alexnet_jax.analysis import placement
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

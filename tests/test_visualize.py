@@ -13,12 +13,12 @@ import tensorflow as tf
 
 from alexnet_jax import checkpoint
 from alexnet_jax import train
+from alexnet_jax.analysis import features
+from alexnet_jax.analysis import inference
 from alexnet_jax.analysis import towers
 from alexnet_jax.data import device
 from alexnet_jax.data import iterators
 from alexnet_jax.data import synthetic
-from alexnet_jax.analysis import inference
-from alexnet_jax.analysis import features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RGB = {'channel_order': 'RGB', 'std_rgb': None}

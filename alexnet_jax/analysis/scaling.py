@@ -20,10 +20,10 @@ import json
 import os
 import re
 
-from alexnet_jax.analysis import projection
 from alexnet_jax import hardware
-from alexnet_jax.analysis import figures
 from alexnet_jax import models
+from alexnet_jax.analysis import figures
+from alexnet_jax.analysis import projection
 
 MODES = ('data', 'tower', 'data_tower', 'hybrid', 'hybrid_2d')
 DEVICES = (1, 2, 4, 8, 16, 32, 64)

@@ -17,16 +17,13 @@ from typing import Any, Callable
 
 from absl import flags
 import jax
-import numpy as np
 
 
 from alexnet_jax import cli
 from alexnet_jax import hardware
 from alexnet_jax import models
-from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps
-from alexnet_jax.data import device
 
 
 def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
@@ -47,34 +44,6 @@ def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
       step()
       times[name].append(time.perf_counter() - start)
   return times
-
-
-def jax_train_step(config, batch_size: int) -> Callable[[], None]:
-  """One call of the real jitted train step of `config.mode`, blocking."""
-
-  spec = parallel.spec_of(config)
-  strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
-                                      batch_size)
-  with jax.set_mesh(strategy.mesh):
-    tx = optim.create_optimizer(config.optimizer,
-                                parallel.abstract_params(spec))
-    state = steps.create_train_state(spec, strategy, tx, jax.random.key(0))
-    host_batch = device.random_train_batch(
-        np.random.default_rng(0), batch_size, spec.input_size,
-        config.input.resize_size, spec.num_classes)
-    batch = jax.device_put(host_batch, steps.batch_shardings(
-        strategy, device.TRAIN_KEYS))
-    step_fn = steps.make_train_step(spec, strategy, tx, state,
-                                    device.Normalization.from_config(config))
-  dropout_rng = jax.random.key(1)
-  holder = [state]
-
-  def step():
-    with jax.set_mesh(strategy.mesh):
-      holder[0], metrics = step_fn(holder[0], batch, 0.01, dropout_rng)
-    jax.block_until_ready(metrics)
-
-  return step
 
 
 def torch_train_step(spec, batch_size: int,
@@ -156,14 +125,14 @@ def main(argv: list[str], flag: cli.Flags) -> None:
         f'{flops_per_image / 1e9:.2f} GFLOP per training image, jax '
         f'{jax.__version__}')
   jax_name = f'jax {config.mode}'
-  steps = {jax_name: jax_train_step(config, batch_size)}
+  step_fns = {jax_name: steps.resident_train_step(config, batch_size)}
   if flag['reference'].value == 'torch':
     import torch  # pylint: disable=g-import-not-at-top
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
-    steps['torch eager'] = torch_train_step(spec, batch_size, False)
+    step_fns['torch eager'] = torch_train_step(spec, batch_size, False)
     if flag['torch_compile'].value:
-      steps['torch compile'] = torch_train_step(spec, batch_size, True)
-  times = time_interleaved(steps, flag['steps'].value, flag['warmup'].value)
+      step_fns['torch compile'] = torch_train_step(spec, batch_size, True)
+  times = time_interleaved(step_fns, flag['steps'].value, flag['warmup'].value)
   rates = {name: report(name, t, batch_size, flops_per_image, peak,
                         config.num_devices if name == jax_name else 1)
            for name, t in times.items()}

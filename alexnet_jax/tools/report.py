@@ -7,7 +7,11 @@
 Each DIR is a workdir of `alexnet_jax.main`: `metrics.jsonl` and
 `config.json` (both written by process 0), and optionally `cost.json` from
 `python -m alexnet_jax.tools.cost --json_out` (communication and memory per
-device, which training itself does not measure). Writes REPORT_DIR/README.md
+device, which training itself does not measure), and optionally
+`profile.json` from `python -m alexnet_jax.tools.profile --json_out` or a run
+with `config.profile_steps` (measured compute and collective time per step,
+tabulated beside cost's bytes and `plan`'s projected step on the measured
+hardware, where plan has a preset for it). Writes REPORT_DIR/README.md
 and three PNGs: eval error against step and against training wall time
 (evaluation excluded), and training throughput.
 """
@@ -20,10 +24,14 @@ from typing import Any
 
 from absl import app
 from absl import flags
+import ml_collections
 
 from alexnet_jax import aot
 from alexnet_jax import cli
 from alexnet_jax import hardware
+from alexnet_jax import models
+from alexnet_jax.analysis import comms
+from alexnet_jax.analysis import projection
 from alexnet_jax.analysis import scaling
 
 ERROR = 'eval/top1_error'
@@ -36,6 +44,7 @@ class Run:
   config: dict[str, Any]
   lines: list[dict[str, Any]]
   cost: dict[str, Any] | None
+  profile: dict[str, Any] | None = None
 
   def train_lines(self) -> list[dict[str, Any]]:
     return [line for line in self.lines if 'train/loss' in line]
@@ -73,7 +82,11 @@ def load_run(workdir: str) -> Run:
   config = _read_json(os.path.join(workdir, 'config.json'))
   cost_path = os.path.join(workdir, 'cost.json')
   cost = _read_json(cost_path) if os.path.exists(cost_path) else None
-  return Run(os.path.basename(os.path.normpath(workdir)), config, lines, cost)
+  profile_path = os.path.join(workdir, 'profile.json')
+  profile = (_read_json(profile_path) if os.path.exists(profile_path)
+             else None)
+  return Run(os.path.basename(os.path.normpath(workdir)), config, lines, cost,
+             profile)
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -101,6 +114,47 @@ def table(runs: list[Run]) -> str:
         f'| {_num(final.get("eval/top5_error"), ".3f")} '
         f'| {_mib(run.measured("collective_bytes"))} '
         f'| {_mib(run.measured("peak_memory_bytes"))} |')
+  return '\n'.join(rows)
+
+
+def projected_step(run: Run) -> float | None:
+  """`plan`'s step for the run's mode, devices and batch on the hardware
+  it was profiled on, or None where plan has no preset for it."""
+  kind = (run.profile or {}).get('device_kind') or run.measured('device_kind')
+  preset = hardware.PRESET_OF_DEVICE_KIND.get(kind)
+  if preset is None or 'model' not in run.config:
+    return None
+  net = comms.net_shape(models.spec_from_config(
+      ml_collections.ConfigDict(run.config['model'])))
+  hw = hardware.HARDWARE[preset]
+  return projection.project(run.config['mode'], run.config['num_devices'],
+                            run.config['batch_size'], net, hw,
+                            projection.device_rate(hw))['step_s']
+
+
+def _ms(seconds: float | None) -> str:
+  return '-' if seconds is None else f'{seconds * 1e3:.2f}'
+
+
+def profile_table(runs: list[Run]) -> str | None:
+  """Measured time per step per device beside the cost model's bytes and
+  plan's projection, for the runs with a profile.json; None if none has."""
+  profiled = [run for run in runs if run.profile]
+  if not profiled:
+    return None
+  header = ('| run | mode | devices | profiled on | step ms | compute ms | '
+            'collective ms | exposed | collective MiB/step | '
+            'projected step ms (plan) |')
+  rows = [header, '|' + '---|' * header.count(' | ') + '---|']
+  for run in profiled:
+    p = run.profile
+    rows.append(
+        f'| {run.name} | {run.config["mode"]} | {run.config["num_devices"]} '
+        f'| {p.get("device_kind", "-")} | {_ms(p["step_seconds"])} '
+        f'| {_ms(p["compute_seconds"])} | {_ms(p["collective_seconds"])} '
+        f'| {p["exposed_collective_fraction"]:.1%} '
+        f'| {_mib(run.measured("collective_bytes"))} '
+        f'| {_ms(projected_step(run))} |')
   return '\n'.join(rows)
 
 
@@ -146,6 +200,7 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
   runs = [load_run(w) for w in workdirs]
   os.makedirs(out_dir, exist_ok=True)
   images = plot(runs, out_dir)
+  measured = profile_table(runs)
   text = '\n\n'.join(
       ['# Training runs side by side', *([intro] if intro else []),
        table(runs),
@@ -154,6 +209,13 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
        'received per device per step (ring algorithms), and peak memory per '
        'device, both read from the compiled train step by '
        '`python -m alexnet_jax.tools.cost` (cost.json).',
+       *([measured, 'Measured per step per device, averaged over the traced '
+          'steps (`python -m alexnet_jax.tools.profile`, profile.json): the '
+          "device's step, the time in which compute runs, in which a "
+          'collective runs, and the share of the step in which a collective '
+          'runs and no compute does. Projected: `alexnet_jax.tools.plan` on the '
+          'preset of the profiled hardware, where it has one.']
+         if measured else []),
        *[f'![{name[:-4]}]({name})' for name in images]]) + '\n'
   with open(os.path.join(out_dir, 'README.md'), 'w') as f:
     f.write(text)
