@@ -18,6 +18,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from ml_collections import config_flags
 
@@ -100,6 +101,8 @@ def main(argv: list[str], flag: cli.Flags) -> None:
     raise app.UsageError('--workdir is required (or --eval_only with '
                          '--checkpoint)')
   _start_jax(config.num_devices, flag)
+  logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
+               jax.process_count(), jax.devices())
   logs.console(logs.run_line(
       config, config_flags.get_config_filename(flags.FLAGS['config']),
       workdir, eval_only=eval_only, checkpoint=checkpoint_path))
