@@ -17,6 +17,7 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import cli
+from alexnet_jax import topology
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOOLS = sorted(path.stem for path in (REPO / 'alexnet_jax').glob('*.py')
@@ -44,10 +45,12 @@ TINY = {'synthetic.num_classes': 4, 'synthetic.train_per_class': 12,
 
 
 def _user_env() -> dict[str, str]:
-  """The suite's environment without what it sets for in-process JAX."""
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  env.pop('JAX_PLATFORMS', None)
-  return env
+  """The suite's environment without what the suite sets for itself: JAX on
+  the CPU (conftest), and the TPU runtime's settings that describing a TPU
+  slice in this process leaves behind (which say the host has a TPU)."""
+  suite = ['JAX_PLATFORMS', *topology._LIBTPU_ENV]  # pylint: disable=protected-access
+  return {key: value for key, value in
+          dict(os.environ, PYTHONPATH=str(REPO)).items() if key not in suite}
 
 
 def _tool(tool: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
