@@ -14,9 +14,20 @@ needs --config on the command line: a flag with a default config file and
 none given applies the overrides when it is defined, before any parser
 runs. `run` also turns the errors a tool expects (bad input, a missing or
 unwritable file) into one line, `error: MESSAGE`, and exit status 1.
+
+Every line on the console is the tool's own unless -v (or --verbosity) asks
+for the libraries' logs: `prepare_process`, which the package's
+`__init__` calls when a tool starts, quiets TensorFlow's C++ logs before
+any tool imports TensorFlow and keeps JAX from loading the TPU runtime on a
+host without a TPU; `run` keeps the Python libraries' INFO logs (orbax,
+JAX) off, except a backend that would not start on a host that has it.
 """
 
 import difflib
+import glob
+import importlib.metadata
+import logging as std_logging
+import os
 import re
 import sys
 from typing import Any, Callable, NoReturn, Sequence
@@ -32,9 +43,125 @@ Flags = dict[str, flags.FlagHolder]
 
 CONFIG_FLAG = 'config'
 
+# Set (where the user has not) before TensorFlow loads, unless -v is given:
+# its C++ INFO and WARNING lines (JAX reads the same variable) and the
+# notice about oneDNN's custom operations, which it prints whatever the
+# level while they are on. They speed up TensorFlow's convolutions and
+# matrix products; TensorFlow only reads data here.
+QUIET_ENVIRONMENT = {'TF_CPP_MIN_LOG_LEVEL': '2', 'TF_ENABLE_ONEDNN_OPTS': '0'}
+
+# What says a host has a TPU, as JAX and the TPU runtime look for one: TPU
+# VM environment variables, device files (v2-v4 through /dev/accel*, v5 and
+# later through VFIO), and Google's PCI vendor id with a TPU device id.
+_TPU_ENVIRONMENT = ('TPU_ACCELERATOR_TYPE', 'TPU_WORKER_HOSTNAMES',
+                    'JAX_FORCE_TPU_INIT')
+_GOOGLE_PCI_VENDOR = '0x1ae0'
+_TPU_PCI_DEVICES = ('0x0027', '0x0056', '0x005e', '0x0062', '0x0063',
+                    '0x006f', '0x0076')
+
+# GPU platforms by the device files that show one, as JAX looks for them.
+_GPU_DEVICES = {'cuda': ('/dev/nvidia0', '/dev/nvidiactl', '/dev/dxg'),
+                'rocm': ('/dev/kfd',)}
+
+# The JAX logger that reports a backend which did not start (at INFO).
+_BACKEND_LOGGER = 'jax._src.xla_bridge'
+
 # --config, defined here, belongs to the tool that calls config_flag (its
 # --helpshort lists it).
 flags.disclaim_key_flags()
+
+
+def prepare_process(argv: Sequence[str]) -> None:
+  """Before a tool imports TensorFlow or starts JAX: quiets TensorFlow's
+  C++ logs (unless `argv` asks for -v) and names the platforms JAX starts
+  (`jax_platforms`)."""
+  if not verbose(argv):
+    for key, value in QUIET_ENVIRONMENT.items():
+      os.environ.setdefault(key, value)
+  platforms = jax_platforms()
+  if platforms:
+    os.environ['JAX_PLATFORMS'] = platforms
+
+
+def verbose(argv: Sequence[str]) -> bool:
+  """Whether `argv` asks for the libraries' logs: -v/--verbosity >= 0."""
+  for i, arg in enumerate(argv):
+    match = re.fullmatch(r'--?(?:v|verbosity)(?:=(.*))?', arg)
+    if match:
+      value = match.group(1) if match.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else '')
+      try:
+        return int(value) >= 0
+      except ValueError:
+        return True  # absl's parser says what is wrong with it.
+  return False
+
+
+def jax_platforms() -> str | None:
+  """The platforms JAX should start here, or None to leave JAX's choice.
+
+  A user's JAX_PLATFORMS and a host with a TPU keep JAX's choice. Elsewhere
+  JAX would load an installed TPU runtime, which looks for a TPU and logs a
+  dozen lines about not finding one: it gets the host's GPU platforms
+  (where a JAX plugin for them is installed) and the CPU instead. A GPU
+  without its plugin keeps JAX's choice too, so JAX's warning that it
+  cannot use the GPU shows.
+  """
+  if 'JAX_PLATFORMS' in os.environ or host_has_tpu():
+    return None
+  gpus = [platform for platform, paths in _GPU_DEVICES.items()
+          if any(os.path.exists(path) for path in paths)]
+  plugins = [entry.name for entry in
+             importlib.metadata.entry_points(group='jax_plugins')]
+  if not all(any(gpu in plugin for plugin in plugins) for gpu in gpus):
+    return None
+  return ','.join([*gpus, 'cpu'])
+
+
+def host_has_tpu() -> bool:
+  """Whether this host has (or is told it has) a TPU."""
+  if any(os.environ.get(key) for key in _TPU_ENVIRONMENT):
+    return True
+  if glob.glob('/dev/accel*'):
+    return True
+  google = [os.path.dirname(path) for path in
+            glob.glob('/sys/bus/pci/devices/*/vendor')
+            if _read(path) == _GOOGLE_PCI_VENDOR]
+  return any(_read(os.path.join(device, 'device')) in _TPU_PCI_DEVICES
+             for device in google) or bool(
+                 google and glob.glob('/dev/vfio/[0-9]*'))
+
+
+def _read(path: str) -> str:
+  try:
+    with open(path) as f:
+      return f.read().strip()
+  except OSError:
+    return ''
+
+
+def quiet_library_logs() -> None:
+  """Python logs at WARNING and above only, unless -v was given: orbax alone
+  logs some twenty INFO lines per checkpoint. JAX's note that a backend did
+  not start stays, as one warning line (a TPU that failed to start falls
+  back to the CPU otherwise unseen)."""
+  if flags.FLAGS['verbosity'].present and flags.FLAGS.verbosity >= 0:
+    return
+  logging.set_verbosity(logging.WARNING)
+  backend_logger = std_logging.getLogger(_BACKEND_LOGGER)
+  backend_logger.setLevel(std_logging.INFO)
+  backend_logger.addFilter(_backend_failures_as_warnings)
+
+
+def _backend_failures_as_warnings(record: std_logging.LogRecord) -> bool:
+  """Keeps, as a one-line WARNING, JAX's INFO that a backend did not start;
+  drops the logger's other records below WARNING."""
+  message = record.getMessage()
+  if not message.startswith('Unable to initialize backend'):
+    return record.levelno >= std_logging.WARNING
+  record.msg, record.args = message.splitlines()[0], ()
+  record.levelno, record.levelname = std_logging.WARNING, 'WARNING'
+  return True
 
 
 def run(main: Callable[[list[str], Flags], None],
@@ -42,14 +169,16 @@ def run(main: Callable[[list[str], Flags], None],
         errors: tuple[type[Exception], ...] = (ValueError, OSError)) -> None:
   """Runs a tool: `main(argv, flag)` with the flags `define_flags` returns.
 
-  Defines the flags, marks `required` ones, parses with `_parse_flags`, and
-  turns any of `errors` raised by `main` into `error: MESSAGE` on stderr
-  and exit status 1 (with the traceback logged at -v=1).
+  Defines the flags, marks `required` ones, parses with `_parse_flags`,
+  quiets the libraries' logs unless -v is given, and turns any of `errors`
+  raised by `main` into `error: MESSAGE` on stderr and exit status 1 (with
+  the traceback logged at -v=1).
   """
   flag = define_flags()
   flags.mark_flags_as_required(list(required))
 
   def main_or_error(argv: list[str]) -> None:
+    quiet_library_logs()
     try:
       main(argv, flag)
     except errors as error:

@@ -61,6 +61,29 @@ def console(message: str) -> None:
     print(message, flush=True)
 
 
+def run_line(config: Any, config_file: str, workdir: str | None, *,
+             eval_only: bool = False, checkpoint: str | None = None) -> str:
+  """What a run of `main` is, as its first line: the config file, the mode,
+  the devices and processes, the dataset, the global batch and the steps
+  (for an evaluation, the checkpoint), and the workdir."""
+  devices = jax.devices()
+  count = (str(len(devices)) if config.num_devices == len(devices)
+           else f'{config.num_devices} of {len(devices)}')
+  processes = jax.process_count()
+  if eval_only:
+    work = (f'evaluate {checkpoint or "the latest checkpoint"}, global '
+            f'batch {config.eval_batch_size}')
+  else:
+    steps = (f'{config.num_train_steps} steps' if config.num_train_steps > 0
+             else f'{config.num_epochs} epochs')
+    work = f'train {steps}, global batch {config.batch_size}'
+  line = (f'{config_file}: {config.mode} mode on {count} '
+          f'{devices[0].device_kind} devices, {processes} '
+          f'process{"es" if processes > 1 else ""}; dataset {config.dataset}; '
+          f'{work}')
+  return line + (f'; workdir {workdir}' if workdir else '')
+
+
 def format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)

@@ -20,8 +20,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from ml_collections import config_flags
 
 from alexnet_jax import cli
+from alexnet_jax import logs
 from alexnet_jax import multihost
 from alexnet_jax import parallel
 from alexnet_jax import train
@@ -51,13 +53,6 @@ def _write_config(config, workdir: str) -> None:
 
 def _dry_run(config, topology_name: str | None) -> None:
   print('\n'.join(compiled.dry_run(config, topology_name)))
-
-
-def _quiet_library_logs() -> None:
-  """Warnings and errors only, unless -v is given: orbax alone logs some
-  twenty INFO lines per checkpoint, which would bury the progress lines."""
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
 
 
 def define_flags() -> cli.Flags:
@@ -110,7 +105,9 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   _start_jax(config.num_devices, flag)
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
-  _quiet_library_logs()
+  logs.console(logs.run_line(
+      config, config_flags.get_config_filename(flags.FLAGS['config']),
+      workdir, eval_only=eval_only, checkpoint=checkpoint_path))
   if jax.process_count() > 1 and workdir:
     multihost.check_shared_workdir(workdir)
   if eval_only:

@@ -69,9 +69,9 @@ def run_config(tiny_config_factory):
 def test_two_processes_match_one(run_config, tmp_path, mode):
   config = run_config(mode)
   train.train_and_evaluate(config, str(tmp_path / 'one'))
-  result = subprocess.run(
+  result = subprocess.run(  # -v=0: each process logs which it is.
       [LAUNCH, '2', os.path.join(REPO, 'configs', 'demo.py'),
-       str(tmp_path / 'two'), *_overrides(config)],
+       str(tmp_path / 'two'), *_overrides(config), '-v=0'],
       env=_env(), capture_output=True, text=True, timeout=540)
   assert result.returncode == 0, result.stderr
   one, two = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'two')
