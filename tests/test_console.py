@@ -16,12 +16,14 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from alexnet_jax import aot
 from alexnet_jax import cli
-from alexnet_jax import topology
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-TOOLS = sorted(path.stem for path in (REPO / 'alexnet_jax').glob('*.py')
-               if "if __name__ == '__main__':" in path.read_text())
+# main, and every program under alexnet_jax/tools by its short name.
+TOOLS = sorted(['main'] + [
+    path.stem for path in (REPO / 'alexnet_jax' / 'tools').glob('*.py')
+    if "if __name__ == '__main__':" in path.read_text()])
 
 # Lines the libraries print: C++ and absl log prefixes (I0000 00:00:...,
 # W1128 17:25:00...), absl's and libtpu's start-up notices, TensorFlow's
@@ -48,13 +50,14 @@ def _user_env() -> dict[str, str]:
   """The suite's environment without what the suite sets for itself: JAX on
   the CPU (conftest), and the TPU runtime's settings that describing a TPU
   slice in this process leaves behind (which say the host has a TPU)."""
-  suite = ['JAX_PLATFORMS', *topology._LIBTPU_ENV]  # pylint: disable=protected-access
+  suite = ['JAX_PLATFORMS', *aot._LIBTPU_ENV]  # pylint: disable=protected-access
   return {key: value for key, value in
           dict(os.environ, PYTHONPATH=str(REPO)).items() if key not in suite}
 
 
 def _tool(tool: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', f'alexnet_jax.{tool}', *args],
+  module = 'main' if tool == 'main' else f'tools.{tool}'
+  return subprocess.run([sys.executable, '-m', f'alexnet_jax.{module}', *args],
                         cwd=cwd, env=_user_env(), capture_output=True,
                         text=True, check=False, timeout=600)
 
@@ -162,13 +165,19 @@ def _run_prepare(tmp_path, image, **_):
                '--workers=1')
 
 
+def _run_profile(synthetic_dir, tmp_path, **_):
+  return _tool('profile', *_demo(synthetic_dir), '--batch_size=4',
+               '--steps=1', '--warmup=1', f'--out={tmp_path / "trace"}')
+
+
 # How each tool runs here, on tiny inputs. A new tool goes in this list.
 RUNS = {'main': _run_main, 'predict': _run_predict,
         'visualize': _run_visualize, 'convert': _run_convert,
         'report': _run_report, 'cost': _run_cost, 'plan': _run_plan,
         'summary': _run_summary, 'benchmark': _run_benchmark,
         'benchmark_input': _run_benchmark_input,
-        'data_stats': _run_data_stats, 'prepare': _run_prepare}
+        'data_stats': _run_data_stats, 'prepare': _run_prepare,
+        'profile': _run_profile}
 
 NEEDS_A_RUN = {'main', 'predict', 'visualize', 'convert', 'report'}
 FAILS = {'convert'}
