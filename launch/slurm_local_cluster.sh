@@ -124,13 +124,13 @@ start_slurm() {
 }
 
 main() {
+  local start=$SECONDS
   node=$(hostname -s)
   if command -v sinfo >/dev/null && node_up; then
     echo "SLURM cluster already running: node $node $(node_state), partition $PARTITION, $(sinfo -h -n "$node" -o %c) CPUs, $(sinfo -V)"
     return
   fi
   (( EUID == 0 )) || fail "starting a SLURM cluster needs root (apt, munged, slurmd)"
-  local start=$SECONDS
   install_packages
   write_config
   start_munge
