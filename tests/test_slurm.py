@@ -43,9 +43,9 @@ def _unavailable() -> str | None:
     return 'SLURM is not installed'
   try:
     result = subprocess.run(['sinfo', '-h', '-n', NODE, '-o', '%T %c'],
-                            capture_output=True, text=True, timeout=30)
+                            capture_output=True, text=True, timeout=15)
   except subprocess.TimeoutExpired:
-    return 'sinfo did not answer in 30 s'
+    return 'sinfo did not answer in 15 s'
   if result.returncode != 0:
     return f'no SLURM controller answers: {result.stderr.strip()}'
   nodes = [line.split() for line in result.stdout.splitlines()]
