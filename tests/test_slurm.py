@@ -94,8 +94,8 @@ def _submit(config, workdir) -> str:
   """Submits the project's script as a user on CPU nodes would; the job id."""
   result = subprocess.run(
       ['sbatch', '--parsable', '--ntasks-per-node=2', '--gpus-per-node=0',
-       '--cpus-per-task=1', f'--nodelist={NODE}', '--time=10', '--job-name=alexnet_jax_test',
-       f'--output={workdir}.out', SBATCH,
+       '--cpus-per-task=1', f'--nodelist={NODE}', '--time=10',
+       '--job-name=alexnet_jax_test', f'--output={workdir}.out', SBATCH,
        os.path.join(REPO, 'configs', 'demo.py'), str(workdir),
        *_overrides(config)],
       env=_env(), capture_output=True, text=True, timeout=60, check=True)
@@ -121,8 +121,12 @@ def _wait(job: str, workdir) -> str:
 
 
 def _output(workdir) -> str:
-  with open(f'{workdir}.out') as f:
-    return f.read()
+  """The job's output (every run of it, appended)."""
+  try:
+    with open(f'{workdir}.out') as f:
+      return f.read()
+  except FileNotFoundError:
+    return f'(no output in {workdir}.out)'
 
 
 def _metrics(workdir) -> dict[int, dict[str, float]]:
