@@ -38,16 +38,17 @@ install_packages() {
       && command -v sbatch >/dev/null && command -v munged >/dev/null; then
     return
   fi
-  command -v apt-get >/dev/null || fail "SLURM is not installed and there is no apt-get to install it"
+  command -v apt-get >/dev/null \
+    || fail "SLURM is not installed and there is no apt-get to install it"
   echo "installing slurm-wlm and munge with apt..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 }
 
-write_file() {  # PATH CONTENT: refuses to replace a configuration it did not write.
+write_file() {  # PATH CONTENT; leaves alone a file this script did not write.
   if [[ -e $1 ]] && ! grep -qxF "$MARKER" "$1"; then
-    fail "$1 exists and was not written by this script; not replacing another cluster's configuration"
+    fail "$1 was not written by this script; not replacing another cluster's configuration"
   fi
   printf '%s\n%s\n' "$MARKER" "$2" > "$1"
 }
@@ -107,7 +108,8 @@ start_munge() {
   if ! running /run/munge/munged.pid; then
     runuser -u munge -- /usr/sbin/munged
   fi
-  munge -n | unmunge >/dev/null || fail "munged does not answer; see /var/log/munge/munged.log"
+  munge -n | unmunge >/dev/null \
+    || fail "munged does not answer; see /var/log/munge/munged.log"
 }
 
 start_slurm() {
@@ -118,16 +120,22 @@ start_slurm() {
     case "$(node_state)" in
       down*|drain*|fail*) scontrol update NodeName="$node" State=RESUME 2>/dev/null || true ;;
     esac
-    (( waited++ < 60 )) || fail "node $node is not up after 60 s (state: '$(node_state)'); see $LOG_DIR/"
+    (( waited++ < 60 )) \
+      || fail "node $node is not up after 60 s (state: '$(node_state)'); see $LOG_DIR/"
     sleep 1
   done
+}
+
+status() {
+  echo "node $node $(node_state), partition $PARTITION," \
+    "$(sinfo -h -n "$node" -o %c) CPUs, $(sinfo -V)"
 }
 
 main() {
   local start=$SECONDS
   node=$(hostname -s)
   if command -v sinfo >/dev/null && node_up; then
-    echo "SLURM cluster already running: node $node $(node_state), partition $PARTITION, $(sinfo -h -n "$node" -o %c) CPUs, $(sinfo -V)"
+    echo "SLURM cluster already running: $(status)"
     return
   fi
   (( EUID == 0 )) || fail "starting a SLURM cluster needs root (apt, munged, slurmd)"
@@ -135,7 +143,7 @@ main() {
   write_config
   start_munge
   start_slurm
-  echo "SLURM cluster up in $(( SECONDS - start )) s: node $node $(node_state), partition $PARTITION, $(sinfo -h -n "$node" -o %c) CPUs, $(sinfo -V)"
+  echo "SLURM cluster up in $(( SECONDS - start )) s: $(status)"
 }
 
 main "$@"
