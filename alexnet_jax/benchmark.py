@@ -27,6 +27,10 @@ KNOWN_PEAKS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.0,
                ('NVIDIA H200', 'float32'): 67.0}
 
 
+# The stop check is fast and noisy: many rounds for its median.
+STOP_CHECK_ROUNDS = 200
+
+
 def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
                      warmup: int) -> dict[str, list[float]]:
   """Seconds per call of each step (which must block until done).
@@ -77,6 +81,26 @@ def jax_train_step(config, batch_size: int) -> Callable[[], None]:
     jax.block_until_ready(metrics)
 
   return step
+
+
+def stop_check(config, batch_size: int) -> Callable[[], None]:
+  """One round of the stop agreement that multi-process training takes
+  after every step (`train.max_over_mesh`), here waited for: an upper
+  bound on its cost, which in training overlaps the next step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import parallel, train  # pylint: disable=g-import-not-at-top
+
+  spec = parallel.spec_of(config)
+  strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
+                                      batch_size)
+  with jax.set_mesh(strategy.mesh):
+    agree = train.max_over_mesh(strategy)
+
+  def check():
+    with jax.set_mesh(strategy.mesh):
+      int(agree(0))
+
+  return check
 
 
 def torch_train_step(spec, batch_size: int,
@@ -175,6 +199,11 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   ours = rates.pop(jax_name)
   for name, theirs in rates.items():
     print(f'ratio jax/{name.replace(" ", "_")} {ours / theirs:.2f}')
+  check = statistics.median(time_interleaved(
+      {'stop check': stop_check(config, batch_size)}, STOP_CHECK_ROUNDS,
+      flag['warmup'].value)['stop check'])
+  print(f'stop_check_ms {check * 1e3:.3f} ({check * ours / batch_size:.3%} '
+        'of a step; multi-process runs take it every step)')
   print(f'images_per_sec {ours:.1f}')
 
 
