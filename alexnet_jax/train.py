@@ -276,9 +276,9 @@ class _StopRequest:
   returns the previous step's result, which the devices have computed by
   then (as the metrics, it is read one step late). So every process reads
   the same answer after the same step, however far apart the signals
-  arrived. With one process `agreed` returns the flag itself. After a stop
-  the handlers stay: the same preemption's signal may still reach this
-  process while it saves and leaves, and must not kill it.
+  arrived. With one process `agreed` returns the flag itself. After a
+  multi-process stop the handlers stay: the signal another process got may
+  still reach this one while it saves and leaves, and must not kill it.
   """
 
   def __init__(self, strategy: parallel.Strategy):
@@ -308,7 +308,7 @@ class _StopRequest:
     return self.stopped
 
   def __exit__(self, *exc):
-    if self.stopped:
+    if self.stopped and self._agree is not None:
       return
     for sig, handler in self._previous.items():
       if handler is not None:  # None: a handler installed outside Python.
