@@ -102,24 +102,32 @@ def test_staggered_sigterm_saves_one_step_and_resumes_exactly(config,
   # would have hung both.
   assert os.listdir(stopped / 'checkpoints') == [str(step)]
 
-  target = [f'--config.num_train_steps={step + 3}']
+  _assert_resumes_exactly(config, stopped, tmp_path / 'straight', step + 3)
+
+
+def _assert_resumes_exactly(config, stopped, reference, step: int) -> None:
+  """Both processes, started again, run `stopped` on to `step`, which a
+  run that was never stopped (in `reference`) also reaches: same params."""
+  target = [f'--config.num_train_steps={step}']
   _finish(_start(config, stopped, test_multiprocess._free_port(), target))
-  _finish(_start(config, tmp_path / 'straight',
-                 test_multiprocess._free_port(), target))
+  _finish(_start(config, reference, test_multiprocess._free_port(), target))
   step_a, resumed = _final_params(config, str(stopped))
-  step_b, straight = _final_params(config, str(tmp_path / 'straight'))
-  assert step_a == step_b == step + 3
+  step_b, straight = _final_params(config, str(reference))
+  assert step_a == step_b == step
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize('lost', [1, 0])
-def test_lost_process_stops_the_other_in_one_line(config, tmp_path, lost):
-  procs = _start(config, tmp_path, test_multiprocess._free_port(),
-                 ['--config.checkpoint_every_steps=2'])
-  _wait_for_step(tmp_path, 3, procs)
-  first = tmp_path / 'checkpoints' / '2'
-  _wait_for(first.exists, procs)
+# Resuming after the loss of process 1 is checked too; that code path does
+# not depend on which process was lost.
+@pytest.mark.parametrize('lost,resume', [(1, True), (0, False)])
+def test_lost_process_stops_the_other_in_one_line(config, tmp_path, lost,
+                                                  resume):
+  workdir = tmp_path / 'lost'
+  every = ['--config.checkpoint_every_steps=2']
+  procs = _start(config, workdir, test_multiprocess._free_port(), every)
+  _wait_for_step(workdir, 3, procs)
+  _wait_for((workdir / 'checkpoints' / '2').exists, procs)
   procs[lost].send_signal(signal.SIGKILL)
   survivor = procs[1 - lost]
   output = survivor.communicate(timeout=30)[0]  # The default bound.
@@ -128,7 +136,10 @@ def test_lost_process_stops_the_other_in_one_line(config, tmp_path, lost):
   last = output.strip().splitlines()[-1]
   assert last.startswith(f'error: process {lost} '), output
   assert 'was lost' in last
-  resume = last.split('resume from ')[1].rstrip('.')
-  latest = max(int(name) for name in os.listdir(tmp_path / 'checkpoints')
+  latest = max(int(name) for name in os.listdir(workdir / 'checkpoints')
                if name.isdigit())
-  assert resume == str(tmp_path / 'checkpoints' / str(latest)), last
+  resume_from = last.split('resume from ')[1].rstrip('.')
+  assert resume_from == str(workdir / 'checkpoints' / str(latest)), last
+  if resume:
+    _assert_resumes_exactly(config, workdir, tmp_path / 'straight',
+                            latest + 2)
