@@ -8,13 +8,18 @@ Multi-host (JAX's multi-controller runtime): start the same command once per
 process with --distributed. On Cloud TPU, SLURM and Open MPI the coordinator,
 process count and process id come from the cluster environment; elsewhere
 pass --coordinator_address, --num_processes and --process_id (see
-launch/local_multiprocess.sh). Every process reads its own shard of the data
-and writes its shards of each checkpoint, so DIR must be one directory that
-all processes share (a network filesystem or a bucket); only process 0
-writes logs, metrics and DIR/config.json.
+launch/local_multiprocess.sh). Each process runs the training in a child
+of itself, so that whatever ends it, its last line says why; SIGTERM or
+SIGINT to any process saves one step common to all, and a lost process
+stops the others within --lost_process_timeout seconds. Every process
+reads its own shard of the data and writes its shards of each checkpoint,
+so DIR must be one directory that all processes share (a network
+filesystem or a bucket); only process 0 writes logs, metrics and
+DIR/config.json.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -39,7 +44,8 @@ def _start_jax(num_devices: int, flag: cli.Flags) -> None:
                       os.path.expanduser('~/.cache/alexnet_jax/xla'))
   if flag['distributed'].value:
     multihost.initialize(num_devices, flag['coordinator_address'].value,
-                         flag['num_processes'].value, flag['process_id'].value)
+                         flag['num_processes'].value, flag['process_id'].value,
+                         flag['lost_process_timeout'].value)
   else:
     parallel.request_cpu_devices(num_devices)
 
@@ -88,6 +94,11 @@ def define_flags() -> cli.Flags:
       'process_id': flags.DEFINE_integer(
           'process_id', None,
           'With --distributed: this process, 0..num_processes-1.'),
+      'lost_process_timeout': flags.DEFINE_integer(
+          'lost_process_timeout', multihost.DEFAULT_LOST_PROCESS_TIMEOUT,
+          'With --distributed: seconds within which the other processes '
+          'stop, in one line, after one is lost (killed, preempted, its host '
+          'down); the coordination service\'s heartbeat timeout.'),
   }
 
 
@@ -102,22 +113,26 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   if not (workdir or (eval_only and checkpoint_path)):
     raise app.UsageError('--workdir is required (or --eval_only with '
                          '--checkpoint)')
+  if flag['distributed'].value and not multihost.is_supervised():
+    sys.exit(multihost.supervise(workdir))
   _start_jax(config.num_devices, flag)
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   logs.console(logs.run_line(
       config, config_flags.get_config_filename(flags.FLAGS['config']),
       workdir, eval_only=eval_only, checkpoint=checkpoint_path))
-  if jax.process_count() > 1 and workdir:
-    multihost.check_shared_workdir(workdir)
-  if eval_only:
-    train.evaluate_checkpoint(config, checkpoint_path or workdir, workdir)
-  else:
-    if jax.process_index() == 0 and workdir:
-      _write_config(config, workdir)
-    train.train_and_evaluate(config, workdir,
-                             on_evaluate=(towers.conv1_hook,),
-                             on_profiled=trace.profile_hook)
+  with multihost.watch_for_lost_processes(
+      workdir, flag['lost_process_timeout'].value):
+    if jax.process_count() > 1 and workdir:
+      multihost.check_shared_workdir(workdir)
+    if eval_only:
+      train.evaluate_checkpoint(config, checkpoint_path or workdir, workdir)
+    else:
+      if jax.process_index() == 0 and workdir:
+        _write_config(config, workdir)
+      train.train_and_evaluate(config, workdir,
+                               on_evaluate=(towers.conv1_hook,),
+                               on_profiled=trace.profile_hook)
 
 
 if __name__ == '__main__':

@@ -1,38 +1,242 @@
-"""Multi-host set-up: joining JAX's multi-controller runtime, and checking
-that every process sees the same workdir.
+"""Multi-host set-up and failure handling: joining JAX's multi-controller
+runtime, checking that every process sees the same workdir, and ending the
+run in one line when a process is lost.
 
-`main --distributed` calls `initialize` before any JAX backend starts, then
-`check_shared_workdir`. `tests/test_multiprocess.py` runs both in real
-processes (launch/local_multiprocess.sh).
+`main --distributed` runs itself under `supervise` (a parent that outlives
+runtime aborts), calls `initialize` before any JAX backend starts, then
+`check_shared_workdir`, and trains inside `watch_for_lost_processes`.
+`tests/test_multiprocess.py` runs them in real processes, and
+`tests/test_preemption.py` kills and signals processes started one by one.
+
+A lost process is noticed through the coordination service's heartbeats.
+Running the service as "recoverable" keeps it from aborting every survivor
+with a C++ stack trace; instead each survivor's watchdog asks it which
+processes are live, says which one was lost and where the same command
+resumes, and exits. When the lost process is process 0, which hosts the
+service, the runtime aborts the survivors at once; their `supervise`
+parents say so.
 """
 
+import contextlib
+import ctypes
+import json
 import math
 import os
 import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Iterator
 
 import jax
+from jax._src import distributed
 from jax.experimental import multihost_utils
 import numpy as np
 
+from alexnet_jax import checkpoint
 from alexnet_jax import parallel
+
+DEFAULT_LOST_PROCESS_TIMEOUT = 30  # Seconds.
+# Set in the supervised child: where it writes its process id and
+# coordinator for the parent.
+_CHILD_INFO_ENV = 'ALEXNET_JAX_PROCESS_INFO'
+_POLL_SECONDS = 0.5
+_LOST_EXIT = 1
+_SHUTDOWN_GRACE = 1.0  # Seconds.
+# How long processes that finished wait for the others (a final evaluation).
+_FINISH_SECONDS = 10 * 60
 
 
 def initialize(num_devices: int, coordinator_address: str | None = None,
                num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+               process_id: int | None = None,
+               lost_process_timeout: int = DEFAULT_LOST_PROCESS_TIMEOUT
+               ) -> None:
   """Joins the multi-controller runtime before any backend starts.
 
   Without the three optional arguments JAX reads the cluster environment
   (Cloud TPU, SLURM, Open MPI). On a CPU-only host each process simulates
   its share of the `num_devices` configured devices, and cross-process
-  collectives go over gloo (TCP).
+  collectives go over gloo (TCP). A process that sends no heartbeat for
+  `lost_process_timeout` - 1 seconds counts as lost, so that the others,
+  whose watchdogs poll twice a second, stop within `lost_process_timeout`.
   """
+  if lost_process_timeout < 2:
+    raise ValueError(f'--lost_process_timeout: {lost_process_timeout} s is '
+                     'too short for heartbeats; at least 2')
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.config.update('jax_enable_recoverability', True)
+  # Its SIGTERM handler would take the signal from train's, and its shutdown
+  # resets SIGTERM to the default, so that a late one kills a saved run.
+  jax.config.update('jax_enable_preemption_service', False)
   if num_processes:
     parallel.request_cpu_devices(math.ceil(num_devices / num_processes))
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes,
-                             process_id=process_id)
+                             process_id=process_id,
+                             heartbeat_timeout_seconds=lost_process_timeout - 1)
+  _tell_supervisor()
+
+
+def _tell_supervisor() -> None:
+  """Writes this process's id and coordinator for the `supervise` parent."""
+  path = os.environ.get(_CHILD_INFO_ENV)
+  if path:
+    with open(path, 'w') as f:
+      json.dump({'process_id': jax.process_index(),
+                 'num_processes': jax.process_count(),
+                 'coordinator': distributed.global_state.coordinator_address},
+                f)
+
+
+def is_supervised() -> bool:
+  return _CHILD_INFO_ENV in os.environ
+
+
+def supervise(workdir: str | None) -> int:
+  """Runs this command again as a child and returns its exit status.
+
+  The child inherits stdout and stderr, receives the SIGTERM and SIGINT
+  sent to this process, and is killed if this process dies. When the child
+  is killed by a signal (the JAX runtime aborts a process whose
+  coordinator is gone, with a C++ stack trace), the last line is this
+  process's: which process was lost, and where the same command resumes.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    info_path = os.path.join(tmp, 'process.json')
+    child = subprocess.Popen(
+        [sys.executable, *sys.orig_argv[1:]],
+        env=dict(os.environ, **{_CHILD_INFO_ENV: info_path}),
+        preexec_fn=_die_with_parent)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    status = child.wait()
+    if status >= 0:
+      return status
+    try:
+      with open(info_path) as f:
+        info = json.load(f)
+    except (OSError, ValueError):
+      info = None
+  print(f'error: {_killed_child_line(-status, info, workdir)}',
+        file=sys.stderr, flush=True)
+  return _LOST_EXIT
+
+
+def _die_with_parent() -> None:
+  """In the child, before exec: SIGKILL when the parent dies (Linux)."""
+  ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _killed_child_line(signum: int, info: dict | None,
+                       workdir: str | None) -> str:
+  name = signal.Signals(signum).name
+  resume = _resume_note(workdir)
+  if info is None:
+    return f'stopped by {name} before joining the other processes; {resume}'
+  me, coordinator = info['process_id'], info['coordinator']
+  if me != 0 and not _reachable(coordinator):
+    return (f'process 0 of {info["num_processes"]} (the coordinator, '
+            f'{coordinator}) was lost; process {me} stopped. {resume}')
+  return (f'process {me} of {info["num_processes"]} was stopped by {name} '
+          f'(the runtime\'s report is above). {resume}')
+
+
+def _reachable(address: str) -> bool:
+  host, port = address.rsplit(':', 1)
+  try:
+    with socket.create_connection((host.strip('[]'), int(port)), timeout=2):
+      return True
+  except OSError:
+    return False
+
+
+def _resume_note(workdir: str | None) -> str:
+  if not workdir:
+    return 'Run the same command to start again.'
+  where = checkpoint.resume_point(os.path.join(workdir, 'checkpoints'))
+  return f'Run the same command to resume from {where}.'
+
+
+@contextlib.contextmanager
+def watch_for_lost_processes(workdir: str | None,
+                             timeout: int) -> Iterator[None]:
+  """Ends this process in one line if another process is lost meanwhile.
+
+  A watchdog thread asks the coordination service which processes are
+  live; when one is missing it prints which, and where the same command
+  resumes, and exits at once (the main thread may be blocked in a
+  collective that will never complete). On leaving the block, normally or
+  by an exception, every process waits for the others, so that no process
+  that finished counts as lost; a lost one ends the wait through the
+  watchdog. A no-op with one process.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  client = distributed.global_state.client
+  done = threading.Event()
+  watchdog = threading.Thread(target=_watch, args=(client, done, workdir),
+                              daemon=True)
+  watchdog.start()
+  try:
+    yield
+  except BaseException:
+    _leave_together(client, 'failed', 2 * timeout, done, watchdog)
+    raise
+  _leave_together(client, 'finished', _FINISH_SECONDS, done, watchdog)
+
+
+def _leave_together(client, why: str, seconds: int, done: threading.Event,
+                    watchdog: threading.Thread) -> None:
+  """Waits for every process, stops the watchdogs, then leaves the runtime,
+  process 0 last: it hosts the coordination service, which (recoverable)
+  would not hold it back until the others have disconnected.
+
+  The service answers a liveness query once every live process listed has
+  asked too, or left; so process 0's queries return for good only when
+  the others, whose watchdogs have stopped, have disconnected.
+  """
+  together = _wait_for_all(client, f'alexnet_jax: {why}', seconds)
+  done.set()
+  if not together:  # Some process is still busy (the others failed alone).
+    return
+  if jax.process_index() == 0:
+    watchdog.join()
+    everyone = list(range(jax.process_count()))
+    while len(client.get_live_nodes(everyone)) > 1:
+      pass
+    time.sleep(_SHUTDOWN_GRACE)  # Their last replies are on the way.
+  jax.distributed.shutdown()
+
+
+def _watch(client, done: threading.Event, workdir: str | None) -> None:
+  everyone = list(range(jax.process_count()))
+  while not done.wait(_POLL_SECONDS):
+    try:
+      lost = sorted(set(everyone) - set(client.get_live_nodes(everyone)))
+      what = f'process {", ".join(map(str, lost))}'
+    except Exception:  # pylint: disable=broad-except
+      lost, what = [0], 'process 0 (the coordinator)'
+    if lost and not done.is_set():
+      print(f'error: {what} of {len(everyone)} was lost (no heartbeat); '
+            f'process {jax.process_index()} stopped. '
+            f'{_resume_note(workdir)}', file=sys.stderr, flush=True)
+      os._exit(_LOST_EXIT)  # pylint: disable=protected-access
+
+
+def _wait_for_all(client, name: str, seconds: int) -> bool:
+  """A barrier that gives up after `seconds` (the watchdog may end it
+  sooner); whether every process came."""
+  try:
+    client.wait_at_barrier(name, seconds * 1000)
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
 
 
 def check_shared_workdir(workdir: str) -> None:

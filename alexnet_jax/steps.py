@@ -188,3 +188,18 @@ def resident_train_step(config: Any, batch_size: int) -> ResidentTrainStep:
                                     device.Normalization.from_config(config))
   return ResidentTrainStep(step_fn, state, batch, jax.random.key(1),
                       strategy.mesh)
+
+
+def max_over_mesh(strategy: parallel.Strategy) -> Callable[[int], jax.Array]:
+  """value -> the max of every process's value, replicated; it only
+  dispatches (reading the result waits for it). `tools/benchmark` times it."""
+  mesh = strategy.mesh
+  spread = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+  reduce = jax.jit(jnp.max, out_shardings=strategy.replicated())
+  local = len(mesh.local_devices)
+
+  def agree(value: int) -> jax.Array:
+    return reduce(jax.make_array_from_process_local_data(
+        spread, np.full(local, value, np.int32), (mesh.devices.size,)))
+  return agree

@@ -142,11 +142,24 @@ def _restore_data_position(train_iter, states: list[dict[str, int]]) -> None:
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+  """Turns SIGTERM/SIGINT on any process into one step at which all stop.
 
-  def __init__(self):
-    self.signal = None
+  The handler only records the signal. With several processes, `agreed`
+  (called after every step, by every process) starts a max over the
+  processes' signal numbers, a collective of one number per device, and
+  returns the previous step's result, which the devices have computed by
+  then (as the metrics, it is read one step late). So every process reads
+  the same answer after the same step, however far apart the signals
+  arrived. With one process `agreed` returns the flag itself. After a
+  multi-process stop the handlers stay: the signal another process got may
+  still reach this one while it saves and leaves, and must not kill it.
+  """
+
+  def __init__(self, strategy: parallel.Strategy):
+    self.signal = self.stopped = None
     self._previous = {}
+    self._agree = _max_over_processes(strategy)
+    self._pending = None
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,9 +170,31 @@ class _StopRequest:
     del frame
     self.signal = signal.Signals(signum).name
 
+  def agreed(self) -> str | None:
+    """The signal all processes stop for after this step, or None."""
+    if self._agree is None:
+      self.stopped = self.signal
+    else:
+      number = signal.Signals[self.signal].value if self.signal else 0
+      previous, self._pending = self._pending, self._agree(number)
+      if previous is not None and int(previous):
+        self.stopped = signal.Signals(int(previous)).name
+    return self.stopped
+
   def __exit__(self, *exc):
+    if self.stopped and self._agree is not None:
+      return
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      if handler is not None:  # None: a handler installed outside Python.
+        signal.signal(sig, handler)
+
+
+def _max_over_processes(
+    strategy: parallel.Strategy) -> Callable[[int], jax.Array] | None:
+  """`max_over_mesh`, or None with one process (which needs no agreement)."""
+  if jax.process_count() == 1:
+    return None
+  return steps.max_over_mesh(strategy)
 
 
 # Called after each evaluation with (writer, step, params, config), on every
@@ -254,8 +289,11 @@ class _Run:
   def train(self, num_steps: int, train_step: Callable, eval_step: Callable,
             dropout_rng: jax.Array) -> dict[str, float]:
     """Steps up to `num_steps`, logging, evaluating and saving as the
-    config schedules; SIGTERM or SIGINT saves and returns early. Returns
-    the last evaluation's metrics."""
+    config schedules; SIGTERM or SIGINT on any process saves one step,
+    the same on every process, and returns early. The non-finite stops
+    need no such agreement: the loss and the parameter check are
+    replicated values, the same on every process. Returns the last
+    evaluation's metrics."""
     config = self.config
     self.writer = logs.MetricsWriter(self.workdir)
     logs.console(f'{config.mode} mode on mesh '
@@ -269,21 +307,23 @@ class _Run:
     self.progress = logs.Progress(first_step, num_steps)
     profiler = capture.TrainCapture.from_config(
         config, self.workdir, self.writer.tensorboard_dir, self.on_profiled)
-    with _StopRequest() as stop, batches:
+    with _StopRequest(self.strategy) as stop, batches:
       for step in range(first_step, num_steps):
-        if stop.signal:
-          self._save_and_stop(step, stop.signal)
-          return self.last_eval
         learning_rate = self.policy(step)
         self._step(step, batches, train_step, learning_rate, dropout_rng)
         done = step + 1
         profiler.step(done, self.state, num_steps)
+        stop_signal = stop.agreed()
         if _due(done, config.log_every_steps, num_steps):
           self._log_train(done, learning_rate)
         if _due(done, config.eval_every_steps, num_steps):
           self._evaluate(done, eval_step)
-        if _due(done, config.checkpoint_every_steps, num_steps):
+        saved = _due(done, config.checkpoint_every_steps, num_steps)
+        if saved:
           self._save(done)
+        if stop_signal and done < num_steps:
+          self._stop(done, stop_signal, saved)
+          return self.last_eval
     checkpoint.wait_until_finished(self.mngr)
     self.writer.close()
     return self.last_eval
@@ -357,8 +397,10 @@ class _Run:
                     progress={'data': _gather_over_processes(self.data_state),
                               'lr_policy': self.policy.state_dict()})
 
-  def _save_and_stop(self, step: int, signal_name: str) -> None:
-    self._save(step)
+  def _stop(self, step: int, signal_name: str, saved: bool) -> None:
+    """Saves `step` (unless the schedule just did) and closes the logs."""
+    if not saved:
+      self._save(step)
     checkpoint.wait_until_finished(self.mngr)
     logs.console(f'{signal_name} at step {step}: checkpoint saved in '
                  f'{self.ckpt_dir}/{step}; run the same command to resume')

@@ -41,8 +41,8 @@ for (( i = 0; i < num_processes; i++ )); do
   pids+=("$!")
 done
 
-# The first failure stops the rest: they would otherwise wait for the failed
-# process in their next collective until the heartbeat timeout.
+# The first failure stops the rest at once; on their own they would stop
+# within --lost_process_timeout seconds (main's watchdog), as on a cluster.
 for (( left = num_processes; left > 0; left-- )); do
   if ! wait -n; then
     echo "a process failed; logs in $workdir/process_*.log:" >&2

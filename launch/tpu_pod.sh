@@ -23,6 +23,15 @@
 # nor loses its log. Follow one with
 #   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=0 \
 #     --command='tail -f /tmp/alexnet_jax_logs/worker_*.log'
+#
+# Stops: SIGTERM to any worker (a maintenance event, a preemption notice)
+# makes all workers save one common step and exit 0; a worker that dies
+# stops the others within --lost_process_timeout seconds (default 30; pass
+# it after WORKDIR), each ending its log with one line naming the lost
+# worker and the checkpoint to resume from. To resume, run the same command
+# again: every worker resumes from WORKDIR's latest checkpoint. A worker
+# whose previous run is still alive (LOG_DIR/worker_<id>.pid) refuses to
+# start a second one.
 set -euo pipefail
 
 if (( $# < 4 )); then
@@ -46,8 +55,12 @@ fi
 remote_args=$(printf ' %q' --config="$config" --workdir="$workdir" \
   --distributed "$@")
 metadata=http://metadata.google.internal/computeMetadata/v1/instance/attributes
-worker='$(curl -s -H Metadata-Flavor:Google '"$metadata"'/agent-worker-number)'
+worker="w=\$(curl -s -H Metadata-Flavor:Google $metadata/agent-worker-number)"
+pid_file="$log_dir/worker_\$w.pid"
 gcloud compute tpus tpu-vm ssh "$tpu_name" --zone="$zone" "${project[@]}" \
   --worker=all \
-  --command="mkdir -p $log_dir && cd $repo_dir && nohup python3 -m \
-alexnet_jax.main$remote_args > $log_dir/worker_$worker.log 2>&1 < /dev/null &"
+  --command="$worker && mkdir -p $log_dir && cd $repo_dir && \
+if [[ -f $pid_file ]] && kill -0 \$(cat $pid_file) 2>/dev/null; then \
+echo \"error: worker \$w still runs pid \$(cat $pid_file); stop it first\" >&2; \
+exit 1; fi; nohup python3 -m alexnet_jax.main$remote_args \
+> $log_dir/worker_\$w.log 2>&1 < /dev/null & echo \$! > $pid_file"

@@ -28,6 +28,9 @@ def test_command_times_jax_and_torch_in_one_run():
   lines = result.stdout.strip().splitlines()
   assert any(line.startswith('jax tower') for line in lines)
   assert any(line.startswith('torch eager') for line in lines)
-  assert re.fullmatch(r'ratio jax/torch_eager \d+\.\d\d', lines[-2])
+  assert re.fullmatch(r'ratio jax/torch_eager \d+\.\d\d', lines[-3])
+  assert re.match(r'stop_check_ms \d+\.\d{3} \(\d+\.\d{3}% of a step',
+                  lines[-2])
+  assert float(lines[-2].split()[1]) > 0
   assert re.fullmatch(r'images_per_sec \d+\.\d', lines[-1])
   assert float(lines[-1].split()[1]) > 0

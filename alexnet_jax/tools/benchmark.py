@@ -18,12 +18,15 @@ from typing import Any, Callable
 from absl import flags
 import jax
 
-
 from alexnet_jax import cli
 from alexnet_jax import hardware
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import steps
+
+
+# The stop check is fast and noisy: many rounds for its median.
+STOP_CHECK_ROUNDS = 200
 
 
 def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
@@ -44,6 +47,23 @@ def time_interleaved(steps: dict[str, Callable[[], Any]], rounds: int,
       step()
       times[name].append(time.perf_counter() - start)
   return times
+
+
+def stop_check(config, batch_size: int) -> Callable[[], None]:
+  """One round of the stop agreement that multi-process training takes
+  after every step (`steps.max_over_mesh`), here waited for: an upper
+  bound on its cost, which in training overlaps the next step."""
+  spec = parallel.spec_of(config)
+  strategy = parallel.create_strategy(config.mode, config.num_devices, spec,
+                                      batch_size)
+  with jax.set_mesh(strategy.mesh):
+    agree = steps.max_over_mesh(strategy)
+
+  def check():
+    with jax.set_mesh(strategy.mesh):
+      int(agree(0))
+
+  return check
 
 
 def torch_train_step(spec, batch_size: int,
@@ -139,6 +159,11 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   ours = rates.pop(jax_name)
   for name, theirs in rates.items():
     print(f'ratio jax/{name.replace(" ", "_")} {ours / theirs:.2f}')
+  check = statistics.median(time_interleaved(
+      {'stop check': stop_check(config, batch_size)}, STOP_CHECK_ROUNDS,
+      flag['warmup'].value)['stop check'])
+  print(f'stop_check_ms {check * 1e3:.3f} ({check * ours / batch_size:.3%} '
+        'of a step; multi-process runs take it every step)')
   print(f'images_per_sec {ours:.1f}')
 
 

@@ -1,0 +1,145 @@
+"""Multi-host stops, with each process started on its own (as a pod or a
+scheduler starts them): signals that reach the processes a second apart, and
+a process killed outright (the coordinator or another).
+
+The processes join over a loopback coordinator, with a 10 s heartbeat bound
+(`--lost_process_timeout`) so that a lost process is noticed quickly.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint
+from alexnet_jax import parallel
+import test_multiprocess
+
+REPO = test_multiprocess.REPO
+BOUND = 10  # --lost_process_timeout, seconds.
+
+
+@pytest.fixture
+def config(tiny_config_factory):
+  return tiny_config_factory(
+      mode='data', num_devices=2, num_train_steps=10_000,
+      checkpoint_every_steps=10_000, eval_every_steps=10_000)
+
+
+def _start(config, workdir, port: int, overrides=()) -> list[subprocess.Popen]:
+  """Both processes of a 2-process run, started one by one."""
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'alexnet_jax.main',
+       f'--config={REPO}/configs/demo.py', f'--workdir={workdir}',
+       '--distributed', f'--coordinator_address=localhost:{port}',
+       '--num_processes=2', f'--process_id={i}',
+       f'--lost_process_timeout={BOUND}',
+       *test_multiprocess._overrides(config), *overrides],
+      env=test_multiprocess._env(), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def _logged_steps(workdir) -> list[int]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line)['step'] for line in f
+            if 'train/loss' in line and line.endswith('\n')]
+
+
+def _wait_for(predicate, procs, timeout=300) -> None:
+  start = time.time()
+  while not predicate():
+    for proc in procs:
+      assert proc.poll() is None, proc.communicate()[0]
+    assert time.time() - start < timeout, 'no progress'
+    time.sleep(0.1)
+
+
+def _wait_for_step(workdir, step: int, procs) -> None:
+  _wait_for(lambda: len(_logged_steps(workdir)) >= step, procs)
+
+
+def _final_params(config, workdir):
+  spec = parallel.spec_of(config)
+  mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))
+  step = mngr.latest_step()
+  one_device = parallel.create_strategy('single', 1, spec, 1)
+  restored = checkpoint.restore(
+      mngr, step, params_like=parallel.abstract_params(spec, one_device))
+  return step, jax.tree.map(np.asarray, restored['params'])
+
+
+def _finish(procs, timeout=300) -> list[str]:
+  outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
+  for proc, output in zip(procs, outputs):
+    assert proc.returncode == 0, output
+  return outputs
+
+
+def test_staggered_sigterm_saves_one_step_and_resumes_exactly(config,
+                                                               tmp_path):
+  stopped = tmp_path / 'stopped'
+  procs = _start(config, stopped, test_multiprocess._free_port())
+  _wait_for_step(stopped, 3, procs)
+  procs[0].send_signal(signal.SIGTERM)
+  time.sleep(1)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = _finish(procs, timeout=120)
+  steps = {int(line.split('SIGTERM at step ')[1].split(':')[0])
+           for output in outputs for line in output.splitlines()
+           if 'SIGTERM at step' in line}
+  assert len(steps) == 1, outputs  # Process 0 says so.
+  step = steps.pop()
+  # One step, written by both: a save the other process did not join
+  # would have hung both.
+  assert os.listdir(stopped / 'checkpoints') == [str(step)]
+
+  _assert_resumes_exactly(config, stopped, tmp_path / 'straight', step + 3)
+
+
+def _assert_resumes_exactly(config, stopped, reference, step: int) -> None:
+  """Both processes, started again, run `stopped` on to `step`, which a
+  run that was never stopped (in `reference`) also reaches: same params."""
+  target = [f'--config.num_train_steps={step}']
+  _finish(_start(config, stopped, test_multiprocess._free_port(), target))
+  _finish(_start(config, reference, test_multiprocess._free_port(), target))
+  step_a, resumed = _final_params(config, str(stopped))
+  step_b, straight = _final_params(config, str(reference))
+  assert step_a == step_b == step
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(a, b)
+
+
+# Resuming after the loss of process 1 is checked too; that code path does
+# not depend on which process was lost.
+@pytest.mark.parametrize('lost,resume', [(1, True), (0, False)])
+def test_lost_process_stops_the_other_in_one_line(config, tmp_path, lost,
+                                                  resume):
+  workdir = tmp_path / 'lost'
+  every = ['--config.checkpoint_every_steps=2']
+  procs = _start(config, workdir, test_multiprocess._free_port(), every)
+  _wait_for_step(workdir, 3, procs)
+  _wait_for((workdir / 'checkpoints' / '2').exists, procs)
+  procs[lost].send_signal(signal.SIGKILL)
+  survivor = procs[1 - lost]
+  output = survivor.communicate(timeout=30)[0]  # The default bound.
+  procs[lost].wait()
+  assert survivor.returncode not in (0, None), output
+  last = output.strip().splitlines()[-1]
+  assert last.startswith(f'error: process {lost} '), output
+  assert 'was lost' in last
+  latest = max(int(name) for name in os.listdir(workdir / 'checkpoints')
+               if name.isdigit())
+  resume_from = last.split('resume from ')[1].rstrip('.')
+  assert resume_from == str(workdir / 'checkpoints' / str(latest)), last
+  if resume:
+    _assert_resumes_exactly(config, workdir, tmp_path / 'straight',
+                            latest + 2)
