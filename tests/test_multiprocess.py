@@ -24,29 +24,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch', 'local_multiprocess.sh')
 
 
-def _flat(tree: dict, prefix: str = ''):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flat(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
-
-
-def _overrides(config) -> list[str]:
-  """Command-line overrides that turn configs/demo.py into `config`."""
-  base = dict(_flat(experiment_config.load('demo').to_dict()))
-  return [f'--config.{key}={value}' for key, value in
-          _flat(config.to_dict()) if base.get(key) != value]
-
-
-def _env() -> dict[str, str]:
-  cache = os.path.expanduser(os.environ.get('ALEXNET_JAX_TEST_CACHE',
-                                            '~/.cache/alexnet_jax/xla'))
-  return dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable,
-              JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
-
-
 def _train_losses(workdir) -> list[float]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     lines = [json.loads(line) for line in f]
@@ -71,8 +48,8 @@ def test_two_processes_match_one(run_config, tmp_path, mode):
   train.train_and_evaluate(config, str(tmp_path / 'one'))
   result = subprocess.run(  # -v=0: each process logs which it is.
       [LAUNCH, '2', os.path.join(REPO, 'configs', 'demo.py'),
-       str(tmp_path / 'two'), *_overrides(config), '-v=0'],
-      env=_env(), capture_output=True, text=True, timeout=540)
+       str(tmp_path / 'two'), *experiment_config.overrides(config), '-v=0'],
+      env=experiment_config.subprocess_env(), capture_output=True, text=True, timeout=540)
   assert result.returncode == 0, result.stderr
   one, two = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'two')
   assert len(one) == len(two) == 4  # Only process 0 wrote metrics.
@@ -100,8 +77,8 @@ def test_workdir_not_shared_fails_on_every_process(tiny_config_factory,
       [sys.executable, '-m', 'alexnet_jax.main',
        f'--config={REPO}/configs/demo.py', f'--workdir={tmp_path}/host{i}',
        '--distributed', f'--coordinator_address=localhost:{port}',
-       '--num_processes=2', f'--process_id={i}', *_overrides(config)],
-      env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+       '--num_processes=2', f'--process_id={i}', *experiment_config.overrides(config)],
+      env=experiment_config.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) for i in range(2)]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   for proc, output in zip(procs, outputs):

@@ -19,6 +19,7 @@ import pytest
 
 from alexnet_jax import checkpoint
 from alexnet_jax import parallel
+import experiment_config
 import test_multiprocess
 
 REPO = test_multiprocess.REPO
@@ -40,8 +41,8 @@ def _start(config, workdir, port: int, overrides=()) -> list[subprocess.Popen]:
        '--distributed', f'--coordinator_address=localhost:{port}',
        '--num_processes=2', f'--process_id={i}',
        f'--lost_process_timeout={BOUND}',
-       *test_multiprocess._overrides(config), *overrides],
-      env=test_multiprocess._env(), stdout=subprocess.PIPE,
+       *experiment_config.overrides(config), *overrides],
+      env=experiment_config.subprocess_env(), stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 

@@ -18,7 +18,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -67,29 +66,6 @@ def slurm() -> None:
     pytest.skip(reason)
 
 
-def _flat(tree: dict, prefix: str = ''):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flat(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
-
-
-def _overrides(config) -> list[str]:
-  """Command-line overrides that turn configs/demo.py into `config`."""
-  base = dict(_flat(experiment_config.load('demo').to_dict()))
-  return [f'--config.{key}={value}' for key, value in
-          _flat(config.to_dict()) if base.get(key) != value]
-
-
-def _env() -> dict[str, str]:
-  cache = os.path.expanduser(os.environ.get('ALEXNET_JAX_TEST_CACHE',
-                                            '~/.cache/alexnet_jax/xla'))
-  return dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable,
-              JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
-
-
 def _submit(config, workdir) -> str:
   """Submits the project's script as a user on CPU nodes would; the job id."""
   result = subprocess.run(
@@ -97,8 +73,8 @@ def _submit(config, workdir) -> str:
        '--cpus-per-task=1', f'--nodelist={NODE}', '--time=10',
        '--job-name=alexnet_jax_test', f'--output={workdir}.out', SBATCH,
        os.path.join(REPO, 'configs', 'demo.py'), str(workdir),
-       *_overrides(config)],
-      env=_env(), capture_output=True, text=True, timeout=60, check=True)
+       *experiment_config.overrides(config)],
+      env=experiment_config.subprocess_env(), capture_output=True, text=True, timeout=60, check=True)
   return result.stdout.strip().split(';')[0]
 
 
