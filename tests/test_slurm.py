@@ -181,7 +181,7 @@ def test_two_slurm_tasks_match_one_process(uninterrupted, run_config,
   np.testing.assert_allclose(two, one, rtol=1e-5)
   assert len(set(one)) > 1  # The parameters really changed.
   output = _output(uninterrupted)
-  assert 'JAX process 0/2' in output and 'JAX process 1/2' in output, output
+  assert 'tower mode on 2 cpu devices, 2 processes;' in output, output
   assert _checkpoints(uninterrupted) == [NUM_STEPS]
 
 
