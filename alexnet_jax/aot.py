@@ -1,8 +1,8 @@
 """Ahead-of-time compilation: the train and eval steps compiled for a mesh
 this process may not be able to run (more devices than it has, or a TPU
 slice described by the TPU runtime with no TPU present), from abstract
-state, with nothing allocated. `main --dry_run`, `cost` and `benchmark`
-compile through here.
+state, with nothing allocated. `main --dry_run` and `cost` compile
+through here.
 """
 
 import contextlib
