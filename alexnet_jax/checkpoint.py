@@ -457,7 +457,7 @@ def spec_from_meta(meta: dict[str, Any]) -> models.AlexNetSpec:
 
 
 def load_params(path: str) -> tuple[Any, models.AlexNetSpec,
-                                        dict[str, Any]]:
+                                    dict[str, Any]]:
   """(params as numpy, spec, meta) of a checkpoint written by any mode."""
   ckpt_dir, step = locate(path)
   mngr = manager(ckpt_dir)

@@ -17,10 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint
-from alexnet_jax import parallel
 import experiment_config
 import test_multiprocess
+import test_train
 
 REPO = test_multiprocess.REPO
 BOUND = 10  # --lost_process_timeout, seconds.
@@ -68,16 +67,6 @@ def _wait_for_step(workdir, step: int, procs) -> None:
   _wait_for(lambda: len(_logged_steps(workdir)) >= step, procs)
 
 
-def _final_params(config, workdir):
-  spec = parallel.spec_of(config)
-  mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))
-  step = mngr.latest_step()
-  one_device = parallel.create_strategy('single', 1, spec, 1)
-  restored = checkpoint.restore(
-      mngr, step, params_like=parallel.abstract_params(spec, one_device))
-  return step, jax.tree.map(np.asarray, restored['params'])
-
-
 def _finish(procs, timeout=300) -> list[str]:
   outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
   for proc, output in zip(procs, outputs):
@@ -112,8 +101,8 @@ def _assert_resumes_exactly(config, stopped, reference, step: int) -> None:
   target = [f'--config.num_train_steps={step}']
   _finish(_start(config, stopped, test_multiprocess._free_port(), target))
   _finish(_start(config, reference, test_multiprocess._free_port(), target))
-  step_a, resumed = _final_params(config, str(stopped))
-  step_b, straight = _final_params(config, str(reference))
+  step_a, resumed = test_train._final_params(config, str(stopped))
+  step_b, straight = test_train._final_params(config, str(reference))
   assert step_a == step_b == step
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
     np.testing.assert_array_equal(a, b)

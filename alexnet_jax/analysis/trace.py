@@ -188,8 +188,8 @@ def measure(ops: list[Op], known: Mapping[str, str]) -> dict[str, Any] | None:
 def add_compiled_bytes(figures: dict[str, Any], hlo_text: str,
                        num_devices: int) -> None:
   """Adds each collective kind's count and received bytes per step (as
-  `cost` reads them from the compiled program) and the effective bandwidth
-  they imply over the measured time."""
+  `analysis.comms` reads them from the compiled program) and the effective
+  bandwidth they imply over the measured time."""
   compiled = comms.by_kind(comms.measured_terms(hlo_text, num_devices))
   table = figures['collectives']
   for kind, (count, size) in compiled.items():
