@@ -5,10 +5,13 @@ What the traces hold is read by `analysis.trace`.
 
 import glob
 import os
+import tempfile
 import time
 from typing import Any, Callable
 
 import jax
+
+from alexnet_jax import storage
 
 # Called when a run's traced window is complete, on every process, with the
 # trace's `.xplane.pb`, the window ('steps 11-15'), the run's facts and
@@ -26,19 +29,34 @@ def newest_trace(log_dir: str) -> str:
   return max(found, key=os.path.getmtime)
 
 
+def local_trace_dir(log_dir: str) -> str:
+  """Where JAX's profiler writes for `log_dir`: itself, or for a bucket
+  (which the profiler cannot write to) a local directory whose traces
+  `publish_traces` copies there."""
+  if storage.is_bucket(log_dir):
+    return tempfile.mkdtemp(prefix='alexnet_jax_trace-')
+  return log_dir
+
+
+def publish_traces(local_dir: str, log_dir: str) -> None:
+  if local_dir != log_dir:
+    storage.copy_tree(local_dir, log_dir)
+
+
 def trace_steps(step: Callable[[], None], steps: int,
                 log_dir: str) -> tuple[str, list[float]]:
   """Traces `steps` calls of `step` (each blocking) into `log_dir`; returns
-  the `.xplane.pb` and each call's wall seconds. A `perfetto_trace.json.gz`
-  is written beside it for ui.perfetto.dev."""
-  walls = []
-  with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+  the local `.xplane.pb` and each call's wall seconds. A
+  `perfetto_trace.json.gz` is written beside it for ui.perfetto.dev."""
+  walls, local_dir = [], local_trace_dir(log_dir)
+  with jax.profiler.trace(local_dir, create_perfetto_trace=True):
     for i in range(steps):
       with jax.profiler.StepTraceAnnotation('train', step_num=i):
         begin = time.perf_counter()
         step()
         walls.append(time.perf_counter() - begin)
-  return newest_trace(log_dir), walls
+  publish_traces(local_dir, log_dir)
+  return newest_trace(local_dir), walls
 
 
 class TrainCapture:
@@ -50,6 +68,7 @@ class TrainCapture:
                json_path: str | None, run: dict[str, Any],
                on_profiled: ProfileHook | None = None):
     self.window, self.log_dir, self.json_path = window, log_dir, json_path
+    self.local_dir = log_dir
     self.run = run  # Written to profile.json beside the figures.
     self.on_profiled = on_profiled
     self.tracing = False
@@ -68,9 +87,9 @@ class TrainCapture:
       window = tuple(window)
     index = jax.process_index()
     log_dir = (tensorboard_dir if index == 0
-               else os.path.join(tensorboard_dir, f'process_{index}'))
+               else storage.join(tensorboard_dir, f'process_{index}'))
     return cls(window, log_dir,
-               os.path.join(workdir, 'profile.json') if index == 0 else None,
+               storage.join(workdir, 'profile.json') if index == 0 else None,
                {'mode': config.mode, 'num_devices': config.num_devices,
                 'batch_size': config.batch_size,
                 'device_kind': jax.devices()[0].device_kind}, on_profiled)
@@ -83,13 +102,15 @@ class TrainCapture:
     start, end = self.window
     if done == start and done < num_steps:
       jax.block_until_ready(state)
-      jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True)
+      self.local_dir = local_trace_dir(self.log_dir)
+      jax.profiler.start_trace(self.local_dir, create_perfetto_trace=True)
       self.tracing = True
     elif self.tracing and done in (end, num_steps):
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
       self.tracing = False
+      publish_traces(self.local_dir, self.log_dir)
       if self.on_profiled:
-        self.on_profiled(newest_trace(self.log_dir),
+        self.on_profiled(newest_trace(self.local_dir),
                          f'steps {start + 1}-{done}', self.run,
                          self.json_path)

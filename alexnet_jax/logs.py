@@ -5,32 +5,43 @@ Only process 0 writes; other processes get a writer that does nothing.
 
 import json
 import math
-import os
 import time
 from typing import Any
 
 from absl import logging
 import jax
 
+from alexnet_jax import storage
+
 
 class MetricsWriter:
-  """Writes `{name: scalar}` per step as TensorBoard scalars and JSON lines."""
+  """Writes `{name: scalar}` per step as TensorBoard scalars and JSON lines.
 
-  def __init__(self, workdir: str):
+  `metrics.jsonl` is rewritten whole at every write (a bucket has no
+  append), and a resumed run starts from the lines up to the step it
+  resumed from: the lines the stopped run wrote after its last checkpoint
+  are written again by this one, once.
+  """
+
+  def __init__(self, workdir: str, resumed_step: int | None = None):
     self._active = jax.process_index() == 0
-    self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
-    self.tensorboard_dir = os.path.join(workdir, 'tensorboard')
-    self._tb = None
+    self.jsonl_path = storage.join(workdir, 'metrics.jsonl')
+    self.tensorboard_dir = storage.join(workdir, 'tensorboard')
+    self._tb, self._lines = None, []
     if self._active:
       from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
+      if storage.exists(self.jsonl_path):
+        self._lines = [json.dumps(line) for line in read_metrics(
+            self.jsonl_path) if resumed_step is None
+                       or line['step'] <= resumed_step]
       self._tb = tensorboard.SummaryWriter(self.tensorboard_dir)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self._active:
       return
     clean = {k: _plain(v) for k, v in metrics.items()}
-    with open(self.jsonl_path, 'a') as f:
-      f.write(json.dumps({'step': int(step), **clean}) + '\n')
+    self._lines.append(json.dumps({'step': int(step), **clean}))
+    storage.write_text(self.jsonl_path, '\n'.join(self._lines) + '\n')
     for name, value in clean.items():
       if isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.scalar(name, value, step)
@@ -46,6 +57,27 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The lines of a `metrics.jsonl`, each step's once.
+
+  Files written before runs rewrote them on resume may repeat the steps
+  after a checkpoint: a line at an earlier step than the one before it, or
+  at the same step with the same kind of figures, starts a resumed run,
+  whose lines replace those from that step on. So steps never go back.
+  """
+  lines = []
+  for text in storage.read_text(path).splitlines():
+    if not text.strip():
+      continue
+    line = json.loads(text)
+    if lines and (line['step'] < lines[-1]['step'] or (
+        line['step'] == lines[-1]['step']
+        and set(line) & set(lines[-1]) - {'step'})):
+      lines = [kept for kept in lines if kept['step'] < line['step']]
+    lines.append(line)
+  return lines
 
 
 def _plain(value: Any) -> Any:

@@ -18,19 +18,24 @@ filesystem or a bucket); only process 0 writes logs, metrics and
 DIR/config.json.
 """
 
+import contextlib
 import os
 import sys
+from typing import Iterator
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
+import numpy as np
 
 from alexnet_jax import cli
 from alexnet_jax import logs
 from alexnet_jax import multihost
 from alexnet_jax import parallel
+from alexnet_jax import storage
 from alexnet_jax import train
 from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import towers
@@ -53,8 +58,36 @@ def _start_jax(num_devices: int, flag: cli.Flags) -> None:
 def _write_config(config, workdir: str) -> None:
   """DIR/config.json (process 0): what the report reads back."""
   train.prepare_workdir(workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  storage.write_text(storage.join(workdir, 'config.json'),
+                     config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+@contextlib.contextmanager
+def _hold(workdir: str | None) -> Iterator[None]:
+  """Holds `workdir` for this run (process 0 for every process of it), or
+  stops every process in one line when another live run holds it."""
+  if not workdir:
+    yield
+    return
+  hold, refused = storage.WorkdirHold(workdir), None
+  if jax.process_index() == 0:
+    try:
+      hold.acquire()
+    except storage.WorkdirHeld as error:
+      refused = error
+  if jax.process_count() > 1:
+    held_elsewhere = multihost_utils.broadcast_one_to_all(
+        np.int32(refused is not None))
+    if int(held_elsewhere) and refused is None:
+      refused = storage.WorkdirHeld(
+          f'--workdir: {workdir} is in use by another run (process 0 says '
+          'which)')
+  if refused is not None:
+    raise refused
+  try:
+    yield
+  finally:
+    hold.release()
 
 
 def _dry_run(config, topology_name: str | None) -> None:
@@ -106,10 +139,15 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config, workdir = flag['config'].value, flag['workdir'].value
+  if workdir:
+    workdir = storage.check_location(workdir, '--workdir')
+  checkpoint_path = flag['checkpoint'].value
+  if checkpoint_path:
+    checkpoint_path = storage.check_location(checkpoint_path, '--checkpoint')
   if flag['dry_run'].value:
     _dry_run(config, flag['topology'].value)
     return
-  eval_only, checkpoint_path = flag['eval_only'].value, flag['checkpoint'].value
+  eval_only = flag['eval_only'].value
   if not (workdir or (eval_only and checkpoint_path)):
     raise app.UsageError('--workdir is required (or --eval_only with '
                          '--checkpoint)')
@@ -125,14 +163,15 @@ def main(argv: list[str], flag: cli.Flags) -> None:
       workdir, flag['lost_process_timeout'].value):
     if jax.process_count() > 1 and workdir:
       multihost.check_shared_workdir(workdir)
-    if eval_only:
-      train.evaluate_checkpoint(config, checkpoint_path or workdir, workdir)
-    else:
-      if jax.process_index() == 0 and workdir:
-        _write_config(config, workdir)
-      train.train_and_evaluate(config, workdir,
-                               on_evaluate=(towers.conv1_hook,),
-                               on_profiled=trace.profile_hook)
+    with _hold(workdir):
+      if eval_only:
+        train.evaluate_checkpoint(config, checkpoint_path or workdir, workdir)
+      else:
+        if jax.process_index() == 0:
+          _write_config(config, workdir)
+        train.train_and_evaluate(config, workdir,
+                                 on_evaluate=(towers.conv1_hook,),
+                                 on_profiled=trace.profile_hook)
 
 
 if __name__ == '__main__':

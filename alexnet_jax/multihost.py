@@ -39,6 +39,7 @@ import numpy as np
 
 from alexnet_jax import checkpoint
 from alexnet_jax import parallel
+from alexnet_jax import storage
 
 DEFAULT_LOST_PROCESS_TIMEOUT = 30  # Seconds.
 # Set in the supervised child: where it writes its process id and
@@ -158,7 +159,7 @@ def _reachable(address: str) -> bool:
 def _resume_note(workdir: str | None) -> str:
   if not workdir:
     return 'Run the same command to start again.'
-  where = checkpoint.resume_point(os.path.join(workdir, 'checkpoints'))
+  where = checkpoint.resume_point(storage.join(workdir, 'checkpoints'))
   return f'Run the same command to resume from {where}.'
 
 
@@ -249,20 +250,18 @@ def check_shared_workdir(workdir: str) -> None:
   """
   token = int(multihost_utils.broadcast_one_to_all(
       np.int64(secrets.randbits(62))))
-  marker = os.path.join(workdir, '.shared_workdir_check')
+  marker = storage.join(workdir, '.shared_workdir_check')
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(marker, 'w') as f:
-      f.write(str(token))
+    storage.makedirs(workdir)
+    storage.write_text(marker, str(token))
   multihost_utils.sync_global_devices('alexnet_jax: marker written')
   try:
-    with open(marker) as f:
-      sees = f.read() == str(token)
-  except OSError:
+    sees = storage.read_text(marker) == str(token)
+  except Exception:  # pylint: disable=broad-except
     sees = False
   blind = np.flatnonzero(~multihost_utils.process_allgather(np.array(sees)))
   if jax.process_index() == 0:
-    os.remove(marker)
+    storage.remove(marker)
   if blind.size:
     raise FileNotFoundError(
         f'--workdir: processes {blind.tolist()} cannot see {marker}, written '

@@ -7,7 +7,6 @@ TensorBoard) comes in as `on_evaluate` hooks from the caller.
 """
 
 import math
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -24,6 +23,7 @@ from alexnet_jax import models
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps
+from alexnet_jax import storage
 from alexnet_jax.data import device
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
@@ -89,14 +89,13 @@ def check_config(config: Any, strategy: parallel.Strategy,
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir` and checks that this process can write in it."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.writable.{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as error:
+    storage.makedirs(workdir)
+    probe = storage.join(workdir, f'.writable.{jax.process_index()}')
+    storage.write_text(probe, 'ok')
+    storage.remove(probe)
+  except Exception as error:  # pylint: disable=broad-except
     raise ValueError(f'--workdir: {workdir} is not writable '
-                     f'({error.strerror})') from None
+                     f'({checkpoint.one_line(error)})') from None
 
 
 def total_steps(config: Any) -> tuple[int, float]:
@@ -261,7 +260,7 @@ class _Run:
         config, process_index=shard, process_count=shards)
     self.meta = checkpoint.spec_meta(spec, input=config.input.to_dict(),
                                      dataset=config.dataset)
-    self.ckpt_dir = os.path.join(workdir, 'checkpoints')
+    self.ckpt_dir = storage.join(workdir, 'checkpoints')
     self.mngr = checkpoint.manager(self.ckpt_dir, config.keep_checkpoints)
     self.data_state = self.train_iter.get_state()
     self.window = _Window()
@@ -295,7 +294,8 @@ class _Run:
     replicated values, the same on every process. Returns the last
     evaluation's metrics."""
     config = self.config
-    self.writer = logs.MetricsWriter(self.workdir)
+    self.writer = logs.MetricsWriter(self.workdir,
+                                     resumed_step=int(self.state.step))
     logs.console(f'{config.mode} mode on mesh '
                  f'{dict(self.strategy.mesh.shape)}; TensorBoard: '
                  f'{self.writer.tensorboard_dir}; checkpoints: '

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from alexnet_jax import checkpoint, train
+from alexnet_jax import checkpoint, storage, train
 from test_train import _final_params, _main_cmd, _subprocess_overrides, REPO
 
 STEPS = 6  # Checkpoints at 2, 4 and 6.
@@ -193,12 +193,12 @@ def small_disk(tmp_path):
 
 def _report_free(monkeypatch, free_bytes):
   """Makes the free space that `checkpoint` sees `free_bytes()`."""
-  real = checkpoint.shutil.disk_usage
+  real = storage.shutil.disk_usage
 
   def disk_usage(path):
     return real(path)._replace(free=free_bytes())
 
-  monkeypatch.setattr(checkpoint.shutil, 'disk_usage', disk_usage)
+  monkeypatch.setattr(storage.shutil, 'disk_usage', disk_usage)
 
 
 def test_full_disk_stops_keeps_the_last_checkpoint_and_resumes_exactly(

@@ -48,8 +48,10 @@ LAYERS = ('library', 'analysis', 'main', 'tools')
 # Imports that may wait until a function needs them: optional or heavy
 # dependencies that not every use of a module needs (flax's TensorBoard
 # writer and the PyTorch reference net pull in TensorFlow and torch).
+# google.cloud and google.api_core: needed only where a workdir is a bucket.
 OPTIONAL = ('torch', 'tensorflow', 'tensorflow_datasets', 'libtpu',
-            'matplotlib', 'flax.metrics', 'alexnet_jax.torch_reference')
+            'matplotlib', 'flax.metrics', 'alexnet_jax.torch_reference',
+            'google.cloud', 'google.api_core')
 
 
 def _module_name(path: pathlib.Path) -> str:

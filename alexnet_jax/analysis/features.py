@@ -17,6 +17,7 @@ import tensorflow as tf
 from alexnet_jax import checkpoint
 from alexnet_jax import models
 from alexnet_jax import parallel
+from alexnet_jax import storage
 from alexnet_jax.analysis import inference
 from alexnet_jax.analysis import towers
 from alexnet_jax.data import augment
@@ -143,6 +144,11 @@ def spread(count: int, total: int) -> np.ndarray:
   return np.unique(np.linspace(0, total - 1, min(count, total)).astype(int))
 
 
+def _save(fig: Figure, path: str) -> None:
+  with storage.writer(path) as f:
+    fig.savefig(f, format='png', dpi=100)
+
+
 def plot_conv1(kernels: np.ndarray, scores: np.ndarray, path: str) -> None:
   """Figure 3: one block of kernels per tower, titled with its score."""
   blocks = [towers.tower_block(k) for k in kernels]
@@ -155,7 +161,7 @@ def plot_conv1(kernels: np.ndarray, scores: np.ndarray, path: str) -> None:
                  f'{scores[t]:.3f}', fontsize=10)
     ax.axis('off')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
 
 
 def _name(names: Sequence[str] | None, label: int) -> str:
@@ -195,7 +201,7 @@ def plot_top5(images: np.ndarray, probs: np.ndarray, path: str, *,
     bars.set_xlim(0, 1)
     bars.tick_params(axis='x', labelsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
 
 
 def plot_neighbors(queries: Embedded, picked: np.ndarray, pool: Embedded,
@@ -218,7 +224,7 @@ def plot_neighbors(queries: Embedded, picked: np.ndarray, pool: Embedded,
   fig.suptitle(f'nearest training images in fc7 ({distance} distance)',
                fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
 
 
 def dataset_config(config: Any, meta: dict[str, Any]) -> Any:
@@ -245,10 +251,11 @@ def visualize(checkpoint_path: str, out_dir: str, config: Any = None, *,
     if value < 1:
       raise ValueError(f'--{name}: must be at least 1, not {value}')
   params, spec, meta = checkpoint.load_params(checkpoint_path)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.check_location(out_dir, '--out')
+  storage.makedirs(out_dir)
   kernels = towers.rgb_kernels(params['conv1']['kernel'], meta['input'])
   scores = towers.color_specificity(kernels)
-  written = [os.path.join(out_dir, 'conv1_kernels.png')]
+  written = [storage.join(out_dir, 'conv1_kernels.png')]
   plot_conv1(kernels, scores, written[0])
   result = {'color_specificity': scores, 'written': written}
   if config is None:
@@ -264,7 +271,7 @@ def visualize(checkpoint_path: str, out_dir: str, config: Any = None, *,
   val = embed(iterators.eval_records(config), config, params, forward,
               limit=max_val_images, side=size)
   shown = spread(num_top5, len(val.labels))
-  written.append(os.path.join(out_dir, 'top5.png'))
+  written.append(storage.join(out_dir, 'top5.png'))
   plot_top5(val.images[shown], val.probs[shown], written[-1], names=names,
             true_labels=val.labels[shown])
 
@@ -273,7 +280,7 @@ def visualize(checkpoint_path: str, out_dir: str, config: Any = None, *,
   picked = spread(num_queries, len(val.labels))
   neighbors, distances = nearest_neighbors(
       val.features[picked], train.features, num_neighbors, distance)
-  written.append(os.path.join(out_dir, 'nearest_neighbors.png'))
+  written.append(storage.join(out_dir, 'nearest_neighbors.png'))
   plot_neighbors(val, picked, train, neighbors, distances, written[-1],
                  names=names, distance=distance)
   result.update(val_images=len(val.labels), train_images=len(train.labels),

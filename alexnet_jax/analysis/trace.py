@@ -27,7 +27,6 @@ these figures to WORKDIR/profile.json on process 0, which `report` shows.
 
 import bisect
 import dataclasses
-import json
 import re
 import statistics
 from typing import Any, Iterable, Mapping
@@ -35,6 +34,7 @@ from typing import Any, Iterable, Mapping
 import jax
 
 from alexnet_jax import logs
+from alexnet_jax import storage
 from alexnet_jax.analysis import comms
 from alexnet_jax.analysis import hlo
 
@@ -232,8 +232,7 @@ def format_figures(figures: dict[str, Any]) -> str:
 
 
 def write_json(path: str, figures: dict[str, Any]) -> None:
-  with open(path, 'w') as f:
-    json.dump(figures, f, indent=2)
+  storage.write_json(path, figures)
 
 
 def module_name(hlo_text: str) -> str:

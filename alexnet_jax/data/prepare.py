@@ -47,6 +47,7 @@ import zlib
 import numpy as np
 
 from alexnet_jax import logs
+from alexnet_jax import storage
 from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
@@ -122,13 +123,13 @@ def _list_source(config) -> _Listing:
   if config.dataset.startswith('prepared:'):
     raise ValueError('--config.dataset is already prepared')
   source = sources.from_config(config)
-  root = os.path.commonpath(list(source.train_paths[:1]) +
-                            list(source.eval_paths[:1]))
+  root = storage.dirname(storage.dirname(storage.dirname(
+      str(source.train_paths[0]))))  # ROOT of ROOT/train/<class>/<file>.
   paths = {'train': tuple(source.train_paths), 'val': tuple(source.eval_paths)}
   return _Listing(
       source.class_names,
       {'train': source.train_labels, 'val': source.eval_labels},
-      {s: tuple(os.path.relpath(p, root) for p in paths[s]) for s in SPLITS},
+      {s: tuple(p[len(root) + 1:] for p in paths[s]) for s in SPLITS},
       paths=paths)
 
 
@@ -225,11 +226,14 @@ def write_shard(task: Task) -> dict[str, Any]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   settings = task.settings
   started = time.perf_counter()
-  path = os.path.join(task.out, shard_name(
+  path = storage.join(task.out, shard_name(
       task.split, task.shard, settings.num_shards[task.split]))
-  for stale in tf.io.gfile.glob(f'{path}.tmp-*'):  # From a killed run.
-    tf.io.gfile.remove(stale)
-  temporary = f'{path}.tmp-{uuid.uuid4().hex}'
+  for stale in storage.glob(f'{path}.tmp-*'):  # From a killed run.
+    storage.remove(stale)
+  # An object in a bucket appears whole when its upload ends; a local file
+  # is written under another name and renamed.
+  temporary = (path if storage.is_bucket(path)
+               else f'{path}.tmp-{uuid.uuid4().hex}')
   ds = stored_images(_records(task), settings.resize_size, settings.antialias,
                      settings.quality)
   options = tf.data.Options()
@@ -245,39 +249,33 @@ def write_shard(task: Task) -> dict[str, Any]:
         crc = zlib.crc32(record, crc)
         written.append(key)
         sse.append(float(r['sse']))
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    if temporary != path:
+      storage.rename(temporary, path)
   except tf.errors.OpError as error:
-    if tf.io.gfile.exists(temporary):
-      tf.io.gfile.remove(temporary)
+    if temporary != path and storage.exists(temporary):
+      storage.remove(temporary)
     raise OSError(f'{path}: {error.message.splitlines()[0]}') from None
   size = settings.resize_size
   values = psnr(np.array(sse), size * size * 3)
-  done = {'file': os.path.basename(path), 'count': len(written),
+  done = {'file': storage.basename(path), 'count': len(written),
           'undecodable': sorted(set(task.names) -
                                 {name_of[k] for k in written}),
           'sse': float(np.sum(sse)), 'psnr_sum': float(values.sum()),
           'psnr_min': float(values.min()) if len(values) else None,
-          'bytes': tf.io.gfile.stat(path).length, 'records_crc32': crc,
+          'bytes': storage.size(path), 'records_crc32': crc,
           'seconds': time.perf_counter() - started}
   _write_json(_done_marker(path), done)
   return dict(done, split=task.split, listed=len(task.keys))
 
 
 def _write_json(path: str, content: dict) -> None:
-  """Writes `content` to `path` atomically (temporary name, then rename)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  temporary = f'{path}.tmp-{uuid.uuid4().hex}'
-  with tf.io.gfile.GFile(temporary, 'w') as f:
-    json.dump(content, f, indent=1)
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  storage.write_text(path, json.dumps(content, indent=1))
 
 
 def _read_json(path: str) -> Optional[dict]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not tf.io.gfile.exists(path):
+  if not storage.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return storage.read_json(path)
 
 
 # ---------------------------------------------------------------------------
@@ -313,9 +311,8 @@ class _Progress:
 
 def _check_settings(out: str, settings: Settings) -> None:
   """Records the settings in DIR/prepare.json; stops if they differ."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.io.gfile.makedirs(out)
-  path = os.path.join(out, 'prepare.json')
+  storage.makedirs(out)
+  path = storage.join(out, 'prepare.json')
   wanted = dataclasses.asdict(settings)
   existing = _read_json(path)
   if existing is None:
@@ -334,7 +331,7 @@ def _write_index(out: str, settings: Settings,
   splits = {}
   for split in SPLITS:
     num_shards = settings.num_shards[split]
-    done = [_read_json(_done_marker(os.path.join(
+    done = [_read_json(_done_marker(storage.join(
         out, shard_name(split, s, num_shards)))) for s in range(num_shards)]
     if any(d is None for d in done):
       return None
@@ -356,7 +353,7 @@ def _write_index(out: str, settings: Settings,
            'resize_size': settings.resize_size,
            'antialias': settings.antialias, 'quality': settings.quality,
            'class_names': list(listing.class_names), 'splits': splits}
-  _write_json(os.path.join(out, sources.PREPARED_INDEX), index)
+  _write_json(storage.join(out, sources.PREPARED_INDEX), index)
   return index
 
 
@@ -378,7 +375,7 @@ def prepare(config, out: str, *, quality: int = 90,
   for split in ('val', 'train'):
     num_shards = settings.num_shards[split]
     for shard in range(process_index, num_shards, process_count):
-      path = os.path.join(out, shard_name(split, shard, num_shards))
+      path = storage.join(out, shard_name(split, shard, num_shards))
       if _read_json(_done_marker(path)) is None:
         tasks.append(_task(listing, out, settings, split, shard))
   mine = len(range(process_index, sum(settings.num_shards.values()),
@@ -422,7 +419,7 @@ class Verification:
 
 def _recorded_settings(out: str, config) -> Settings:
   """The settings DIR/prepare.json records, which `config` must match."""
-  recorded = _read_json(os.path.join(out, 'prepare.json'))
+  recorded = _read_json(storage.join(out, 'prepare.json'))
   if recorded is None:
     raise FileNotFoundError(f'{out}/prepare.json not found: --out is not a '
                             'directory written by alexnet_jax.tools.prepare')
@@ -480,7 +477,7 @@ def verify(config, out: str, *, workers: Optional[int] = None,
     entries = index['splits'][split]['shards']
     for shard in range(process_index, len(entries), process_count):
       entry = entries[shard]
-      path = os.path.join(out, entry['file'])
+      path = storage.join(out, entry['file'])
       reason = sources.shard_damage(path, entry['count'], entry.get('bytes'),
                                     entry.get('records_crc32'))
       if reason:

@@ -17,7 +17,6 @@ their counts and reads (without decoding) at most one.
 
 import dataclasses
 import functools
-import json
 import os
 import re
 from typing import Any, Callable, Iterable, Optional
@@ -29,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import storage
 from alexnet_jax.data import synthetic
 
 tf.config.set_visible_devices([], 'GPU')
@@ -191,12 +191,11 @@ def _list_split(split_dir: str, class_names: tuple[str, ...]):
   """Paths and labels of every file under split_dir/<class>/, sorted."""
   paths, labels = [], []
   for label, name in enumerate(class_names):
-    directory = os.path.join(split_dir, name)
-    if not os.path.isdir(directory):
+    directory = storage.join(split_dir, name)
+    if not storage.isdir(directory):
       continue
-    names = sorted(e.name for e in os.scandir(directory)
-                   if e.is_file() and not e.name.startswith('.'))
-    paths += [os.path.join(directory, n) for n in names]
+    names = storage.files_in(directory)
+    paths += [storage.join(directory, n) for n in names]
     labels += [label] * len(names)
   return np.array(paths, dtype=object), np.array(labels, dtype=np.int32)
 
@@ -205,8 +204,8 @@ def _check_split_layout(split: str, split_dir: str, count: int) -> None:
   """A one-line error for a split without images in class folders."""
   if count:
     return
-  loose = sum(1 for e in os.scandir(split_dir)
-              if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES))
+  loose = sum(1 for name in storage.files_in(split_dir)
+              if name.lower().endswith(_IMAGE_SUFFIXES))
   found = (f'{loose} images directly in it but no class folders' if loose
            else 'no images in class folders')
   raise ValueError(
@@ -217,15 +216,13 @@ def _check_split_layout(split: str, split_dir: str, count: int) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _folder_source(root: str) -> _FolderSource:
-  train_dir, val_dir = os.path.join(root, 'train'), os.path.join(root, 'val')
+  train_dir, val_dir = storage.join(root, 'train'), storage.join(root, 'val')
   for d in (train_dir, val_dir):
-    if not os.path.isdir(d):
+    if not storage.isdir(d):
       raise FileNotFoundError(
           f'folder dataset {root!r} needs {d}/<class>/<images>.')
-  class_names = tuple(sorted(e.name for e in os.scandir(train_dir)
-                             if e.is_dir() and not e.name.startswith('.')))
-  unknown = {e.name for e in os.scandir(val_dir) if e.is_dir()} - set(
-      class_names)
+  class_names = tuple(storage.subfolders(train_dir))
+  unknown = set(storage.subfolders(val_dir)) - set(class_names)
   if unknown:
     raise ValueError(f'{val_dir} has classes absent from {train_dir}: '
                      f'{sorted(unknown)[:5]}')
@@ -318,9 +315,9 @@ def shard_damage(path: str, count: int, size: Optional[int] = None,
   that cannot be read (permissions, network) raises OSError: it is not
   known to be damaged.
   """
-  if not tf.io.gfile.exists(path):
+  if not storage.exists(path):
     return 'missing'
-  actual = tf.io.gfile.stat(path).length
+  actual = storage.size(path)
   if size is not None and actual != size:
     return f'{actual} bytes, not the {size} prepared (truncated or replaced)'
   read, crc = 0, 0
@@ -360,7 +357,7 @@ class _PreparedSource:
 
   def _split(self, split: str):
     shards = self.index['splits'][split]['shards']
-    paths = tf.constant([os.path.join(self.root, s['file']) for s in shards])
+    paths = tf.constant([storage.join(self.root, s['file']) for s in shards])
     return paths, np.array([s['count'] for s in shards], np.int64)
 
   @property
@@ -412,7 +409,7 @@ class _PreparedSource:
     """'FILE: why; how to repair' of the first damaged one of `shards`."""
     for shard in dict.fromkeys(int(s) for s in shards):
       entry = self.index['splits'][split]['shards'][shard]
-      path = os.path.join(self.root, entry['file'])
+      path = storage.join(self.root, entry['file'])
       reason = shard_damage(path, entry['count'], entry.get('bytes'))
       if reason:
         return (f'{path}: {reason}; check and repair the prepared dataset '
@@ -446,13 +443,12 @@ class _PreparedSource:
 
 def read_prepared_index(root: str) -> dict:
   """DIR/index.json of a prepared dataset; a clear error if incomplete."""
-  path = os.path.join(root, PREPARED_INDEX)
-  if not tf.io.gfile.exists(path):
+  path = storage.join(root, PREPARED_INDEX)
+  if not storage.exists(path):
     raise FileNotFoundError(
         f'{path} not found: run `python -m alexnet_jax.tools.prepare '
         f'--out={root}` (to the end, on every host) first')
-  with tf.io.gfile.GFile(path) as f:
-    index = json.load(f)
+  index = storage.read_json(path)
   for split in index['splits'].values():
     for shard in split['shards']:
       name = shard['file']
@@ -572,8 +568,9 @@ def _tfds_record(index: tf.Tensor, example: dict, *, epoch: int) -> dict:
 
 
 def _tfds_data_dir(config) -> str:
-  return (config.get('data_dir') or os.environ.get('TFDS_DATA_DIR') or
-          os.path.expanduser('~/tensorflow_datasets'))
+  return storage.check_location(
+      config.get('data_dir') or os.environ.get('TFDS_DATA_DIR')
+      or '~/tensorflow_datasets', 'config.data_dir')
 
 
 def tfds_builder(config):
@@ -588,10 +585,10 @@ def prepare_tfds(config) -> None:
   if builder.is_prepared():
     return
   data_dir = _tfds_data_dir(config)
-  manual_dir = os.path.join(data_dir, 'downloads', 'manual')
+  manual_dir = storage.join(data_dir, 'downloads', 'manual')
   if config.dataset.split(':')[0].split('/')[0] == 'imagenet2012':
     missing = [f for f in _IMAGENET_MANUAL_FILES
-               if not os.path.exists(os.path.join(manual_dir, f))]
+               if not storage.exists(storage.join(manual_dir, f))]
     if missing:
       raise FileNotFoundError(
           f'ImageNet ({config.dataset}) is not prepared in {data_dir}. '
@@ -635,13 +632,11 @@ def from_config(config):
   if dataset == 'synthetic':
     return _folder_source(synthetic.generate_from_config(config))
   if dataset.startswith('folder:'):
-    return _folder_source(os.path.abspath(
-        os.path.expanduser(dataset[len('folder:'):])))
+    return _folder_source(storage.check_location(
+        dataset[len('folder:'):], 'config.dataset'))
   if dataset.startswith('prepared:'):
-    root = dataset[len('prepared:'):]
-    if '://' not in root:
-      root = os.path.abspath(os.path.expanduser(root))
-    source = _prepared_source(root)
+    source = _prepared_source(storage.check_location(
+        dataset[len('prepared:'):], 'config.dataset'))
     check_prepared_matches(config, source.index)
     return source
   return _tfds_source(config)

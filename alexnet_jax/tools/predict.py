@@ -18,6 +18,7 @@ from absl import flags
 import numpy as np
 
 from alexnet_jax import cli
+from alexnet_jax import storage
 from alexnet_jax.analysis import features
 from alexnet_jax.analysis import inference
 
@@ -44,7 +45,11 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   for name, row in zip(names, logits):
     print('\n'.join(inference.top_k_lines(name, row, labels)))
   if out:
-    np.savez(out, logits=logits, inputs=np.array(names))
+    out = storage.check_location(out, '--out')
+    if not out.endswith('.npz'):  # As numpy.savez names a path.
+      out += '.npz'
+    with storage.writer(out) as f:
+      np.savez(f, logits=logits, inputs=np.array(names))
   if plot:
     features.plot_predictions(ckpt, argv[1:], names, logits, labels, plot)
 

@@ -11,7 +11,6 @@ Perfetto read it) and prints, per step and per device averaged over the
 traced steps, the split `analysis.trace` reads off the trace.
 """
 
-import os
 import statistics
 
 from absl import flags
@@ -21,6 +20,7 @@ from alexnet_jax import capture
 from alexnet_jax import cli
 from alexnet_jax import parallel
 from alexnet_jax import steps
+from alexnet_jax import storage
 from alexnet_jax.analysis import trace
 
 
@@ -48,11 +48,11 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   if num_steps < 1 or warmup < 1:
     raise ValueError('--steps and --warmup: at least 1 each (the first '
                      'warm-up step compiles)')
-  out = flag['out'].value
+  out = storage.check_location(flag['out'].value, '--out')
   try:
-    os.makedirs(out, exist_ok=True)
-  except OSError as error:
-    raise OSError(f'--out: cannot create {out} ({error.strerror})') from None
+    storage.makedirs(out)
+  except Exception as error:  # pylint: disable=broad-except
+    raise OSError(f'--out: cannot create {out} ({error})') from None
   parallel.request_cpu_devices(config.num_devices)
   batch = flag['batch_size'].value or config.batch_size
   step = steps.resident_train_step(config, batch)

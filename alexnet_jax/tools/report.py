@@ -17,8 +17,6 @@ and three PNGs: eval error against step and against training wall time
 """
 
 import dataclasses
-import json
-import os
 import statistics
 from typing import Any
 
@@ -29,7 +27,9 @@ import ml_collections
 from alexnet_jax import aot
 from alexnet_jax import cli
 from alexnet_jax import hardware
+from alexnet_jax import logs
 from alexnet_jax import models
+from alexnet_jax import storage
 from alexnet_jax.analysis import comms
 from alexnet_jax.analysis import projection
 from alexnet_jax.analysis import scaling
@@ -70,23 +70,17 @@ class Run:
     return (self.cost or {}).get('measured', {}).get(key)
 
 
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
 def load_run(workdir: str) -> Run:
   """Reads one workdir; fails with the path when a required file is gone."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  config = _read_json(os.path.join(workdir, 'config.json'))
-  cost_path = os.path.join(workdir, 'cost.json')
-  cost = _read_json(cost_path) if os.path.exists(cost_path) else None
-  profile_path = os.path.join(workdir, 'profile.json')
-  profile = (_read_json(profile_path) if os.path.exists(profile_path)
-             else None)
-  return Run(os.path.basename(os.path.normpath(workdir)), config, lines, cost,
-             profile)
+  workdir = storage.check_location(workdir, 'workdir')
+  lines = logs.read_metrics(storage.join(workdir, 'metrics.jsonl'))
+  config = storage.read_json(storage.join(workdir, 'config.json'))
+  optional = {}
+  for name in ('cost', 'profile'):
+    path = storage.join(workdir, f'{name}.json')
+    optional[name] = storage.read_json(path) if storage.exists(path) else None
+  return Run(storage.basename(workdir), config, lines, optional['cost'],
+             optional['profile'])
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -181,7 +175,8 @@ def plot(runs: list[Run], out_dir: str) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, name), dpi=100)
+    with storage.writer(storage.join(out_dir, name)) as f:
+      fig.savefig(f, format='png', dpi=100)
     plt.close(fig)
     files.append(name)
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -190,7 +185,8 @@ def plot(runs: list[Run], out_dir: str) -> list[str]:
   ax.set(xlabel='training images/s (median over logged windows)')
   ax.invert_yaxis()
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, 'images_per_sec.png'), dpi=100)
+  with storage.writer(storage.join(out_dir, 'images_per_sec.png')) as f:
+    fig.savefig(f, format='png', dpi=100)
   plt.close(fig)
   return files + ['images_per_sec.png']
 
@@ -198,7 +194,8 @@ def plot(runs: list[Run], out_dir: str) -> list[str]:
 def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
   """Writes README.md and the plots into `out_dir`; returns the Markdown."""
   runs = [load_run(w) for w in workdirs]
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.check_location(out_dir, '--out')
+  storage.makedirs(out_dir)
   images = plot(runs, out_dir)
   measured = profile_table(runs)
   text = '\n\n'.join(
@@ -217,8 +214,7 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
           'preset of the profiled hardware, where it has one.']
          if measured else []),
        *[f'![{name[:-4]}]({name})' for name in images]]) + '\n'
-  with open(os.path.join(out_dir, 'README.md'), 'w') as f:
-    f.write(text)
+  storage.write_text(storage.join(out_dir, 'README.md'), text)
   return text
 
 
