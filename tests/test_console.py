@@ -170,6 +170,15 @@ def _run_profile(synthetic_dir, tmp_path, **_):
                '--steps=1', '--warmup=1', f'--out={tmp_path / "trace"}')
 
 
+def _run_benchmark_checkpoint(synthetic_dir, tmp_path, **_):
+  return _tool('benchmark_checkpoint', *_demo(synthetic_dir), '--saves=1',
+               '--steps_between=1', f'--location={tmp_path}')
+
+
+def _run_check_storage(tmp_path, **_):
+  return _tool('check_storage', str(tmp_path / 'workdir'))
+
+
 # How each tool runs here, on tiny inputs. A new tool goes in this list.
 RUNS = {'main': _run_main, 'predict': _run_predict,
         'visualize': _run_visualize, 'convert': _run_convert,
@@ -177,7 +186,9 @@ RUNS = {'main': _run_main, 'predict': _run_predict,
         'summary': _run_summary, 'benchmark': _run_benchmark,
         'benchmark_input': _run_benchmark_input,
         'data_stats': _run_data_stats, 'prepare': _run_prepare,
-        'profile': _run_profile}
+        'profile': _run_profile,
+        'benchmark_checkpoint': _run_benchmark_checkpoint,
+        'check_storage': _run_check_storage}
 
 NEEDS_A_RUN = {'main', 'predict', 'visualize', 'convert', 'report'}
 FAILS = {'convert'}
