@@ -8,13 +8,16 @@ Items of a step:
              policy's state (training checkpoints only).
   meta       JSON: the model spec and input conventions the weights need.
 
-orbax writes a step into a temporary directory and renames it when complete,
-so a run killed mid-save leaves no step that `latest_step` would return.
+orbax writes a step into a temporary directory and renames it when complete
+(in a bucket, which cannot rename, it writes `commit_success.txt` last), so
+a run killed mid-save leaves no step that `latest_step` would return. The
+directory may be local or gs:// (`storage`).
 
 Two faults are turned into one-line messages instead of a library traceback:
 a step that no longer reads back (`restore_latest_readable` moves it aside
 to `<step>.damaged-<time>` and takes the previous one) and a full disk
-(`save` checks the free space first; `wait_until_finished` reports a save
+(`save` checks the free space first, except in a bucket, which has no
+such limit; `wait_until_finished` reports a save
 that ran out of space in the background and removes its partial directory).
 """
 
