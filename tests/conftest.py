@@ -73,3 +73,18 @@ def tiny_config_factory(tmp_path_factory):
     return config
 
   return make
+
+
+@pytest.fixture(scope='session')
+def gcs():
+  """A GCS emulator with an empty bucket, reached through the environment.
+
+  Yields a `gcs_emulator.Emulator` (`.bucket`, `.env` for subprocesses,
+  `.url(path)` -> 'gs://bucket/path'). os.environ carries `.env` from the
+  first test that asks for it to the end of the session: TensorFlow reads
+  the variables once, when its GCS filesystem first starts.
+  """
+  import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator.running() as emulator, gcs_emulator.environ(
+      emulator.env):
+    yield emulator
