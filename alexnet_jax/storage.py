@@ -203,7 +203,15 @@ def rmtree(path: str) -> None:
 def rename(source: str, target: str) -> None:
   """Moves a file or a directory. On a bucket this copies every object
   and then deletes the originals: not atomic, so only for moving aside."""
-  _io('rename', source, target)
+  if not (is_bucket(source) and isdir(source)):
+    _io('rename', source, target, False)
+    return
+  with _one_line_errors(source) as gfile:
+    for root, _, names in gfile.walk(source):
+      inside = root[len(source):].lstrip('/')
+      for name in names:
+        gfile.rename(join(root, name), join(target, inside, name))
+    gfile.rmtree(source)  # What is left: the folders' marker objects.
 
 
 def copy_tree(source: str, target: str) -> None:

@@ -15,7 +15,8 @@ printed, and with the images per CPU-second of this process.
 `--imagenet_like=N` writes N ImageNet-sized JPEGs (500x375, ~110 KB) in the
 folder layout (into --data_dir, reused if it already holds them, else a
 temporary folder) and reads them raw, or with `--prepare` from a prepared
-copy of them (`alexnet_jax.tools.prepare`, written beside them). `--stages` shows
+copy of them (`alexnet_jax.tools.prepare`, written beside them or into
+`--prepared_dir`, which may be a bucket). `--stages` shows
 where the time goes: reading (and checking) the bytes, decoding, the base
 image, the whole training transform. `--resume` times the first batch after
 restoring the worst position of an epoch against the first of a fresh start.
@@ -35,6 +36,7 @@ from PIL import Image
 import tensorflow as tf
 
 from alexnet_jax import cli
+from alexnet_jax import storage
 from alexnet_jax.data import augment
 from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
@@ -190,7 +192,9 @@ def _imagenet_like_dataset(config, root: str, flag: cli.Flags) -> str:
   raw = f'folder:{os.path.join(root, "raw")}'
   if not flag['prepare'].value:
     return raw
-  prepared = os.path.join(root, 'prepared')
+  prepared = storage.check_location(
+      flag['prepared_dir'].value or os.path.join(root, 'prepared'),
+      '--prepared_dir')
   prepare_config = config.copy_and_resolve_references()
   prepare_config.dataset = raw
   data_prepare.prepare(prepare_config, prepared)
@@ -212,6 +216,9 @@ def define_flags() -> cli.Flags:
           'Where --imagenet_like writes (and reuses) its files.'),
       'prepare': flags.DEFINE_bool(
           'prepare', False, 'With --imagenet_like: read a prepared copy.'),
+      'prepared_dir': flags.DEFINE_string(
+          'prepared_dir', None, 'With --prepare: where the prepared copy '
+          'goes (a path or gs://BUCKET/PATH; default: beside the JPEGs).'),
       'stages': flags.DEFINE_bool('stages', False, 'Time each stage too.'),
       'resume': flags.DEFINE_bool(
           'resume', False, 'Time resuming at the worst position.'),
