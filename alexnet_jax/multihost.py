@@ -1,6 +1,7 @@
 """Multi-host set-up and failure handling: joining JAX's multi-controller
-runtime, checking that every process sees the same workdir, and ending the
-run in one line when a process is lost.
+runtime, checking that every process sees the same workdir, stopping every
+process at one step on a signal (`StopRequest`), and ending the run in one
+line when a process is lost.
 
 `main --distributed` runs itself under `supervise` (a parent that outlives
 runtime aborts), calls `initialize` before any JAX backend starts, then
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 from jax._src import distributed
@@ -39,6 +40,7 @@ import numpy as np
 
 from alexnet_jax import checkpoint
 from alexnet_jax import parallel
+from alexnet_jax import steps
 from alexnet_jax import storage
 
 DEFAULT_LOST_PROCESS_TIMEOUT = 30  # Seconds.
@@ -267,3 +269,59 @@ def check_shared_workdir(workdir: str) -> None:
         f'--workdir: processes {blind.tolist()} cannot see {marker}, written '
         f'by process 0; multi-host runs need a workdir that every process '
         f'shares (checkpoints are written by all of them)')
+
+
+class StopRequest:
+  """Turns SIGTERM/SIGINT on any process into one step at which all stop.
+
+  The handler only records the signal. With several processes, `agreed`
+  (called after every step, by every process) starts a max over the
+  processes' signal numbers, a collective of one number per device, and
+  returns the previous step's result, which the devices have computed by
+  then (as the metrics, it is read one step late). So every process reads
+  the same answer after the same step, however far apart the signals
+  arrived. With one process `agreed` returns the flag itself. After a
+  multi-process stop the handlers stay: the signal another process got may
+  still reach this one while it saves and leaves, and must not kill it.
+  """
+
+  def __init__(self, strategy: parallel.Strategy):
+    self.signal = self.stopped = None
+    self._previous = {}
+    self._agree = _max_over_processes(strategy)
+    self._pending = None
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def agreed(self) -> str | None:
+    """The signal all processes stop for after this step, or None."""
+    if self._agree is None:
+      self.stopped = self.signal
+    else:
+      number = signal.Signals[self.signal].value if self.signal else 0
+      previous, self._pending = self._pending, self._agree(number)
+      if previous is not None and int(previous):
+        self.stopped = signal.Signals(int(previous)).name
+    return self.stopped
+
+  def __exit__(self, *exc):
+    if self.stopped and self._agree is not None:
+      return
+    for sig, handler in self._previous.items():
+      if handler is not None:  # None: a handler installed outside Python.
+        signal.signal(sig, handler)
+
+
+def _max_over_processes(
+    strategy: parallel.Strategy) -> Callable[[int], jax.Array] | None:
+  """`max_over_mesh`, or None with one process (which needs no agreement)."""
+  if jax.process_count() == 1:
+    return None
+  return steps.max_over_mesh(strategy)

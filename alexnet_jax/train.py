@@ -6,8 +6,8 @@ are in `steps`; what else happens at each evaluation (the towers' kernels in
 TensorBoard) comes in as `on_evaluate` hooks from the caller.
 """
 
+import dataclasses
 import math
-import signal
 import time
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ from alexnet_jax import capture
 from alexnet_jax import checkpoint
 from alexnet_jax import logs
 from alexnet_jax import models
+from alexnet_jax import multihost
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps
@@ -140,65 +141,20 @@ def _restore_data_position(train_iter, states: list[dict[str, int]]) -> None:
   train_iter.set_state(states[jax.process_index()])
 
 
-class _StopRequest:
-  """Turns SIGTERM/SIGINT on any process into one step at which all stop.
-
-  The handler only records the signal. With several processes, `agreed`
-  (called after every step, by every process) starts a max over the
-  processes' signal numbers, a collective of one number per device, and
-  returns the previous step's result, which the devices have computed by
-  then (as the metrics, it is read one step late). So every process reads
-  the same answer after the same step, however far apart the signals
-  arrived. With one process `agreed` returns the flag itself. After a
-  multi-process stop the handlers stay: the signal another process got may
-  still reach this one while it saves and leaves, and must not kill it.
-  """
-
-  def __init__(self, strategy: parallel.Strategy):
-    self.signal = self.stopped = None
-    self._previous = {}
-    self._agree = _max_over_processes(strategy)
-    self._pending = None
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signal.Signals(signum).name
-
-  def agreed(self) -> str | None:
-    """The signal all processes stop for after this step, or None."""
-    if self._agree is None:
-      self.stopped = self.signal
-    else:
-      number = signal.Signals[self.signal].value if self.signal else 0
-      previous, self._pending = self._pending, self._agree(number)
-      if previous is not None and int(previous):
-        self.stopped = signal.Signals(int(previous)).name
-    return self.stopped
-
-  def __exit__(self, *exc):
-    if self.stopped and self._agree is not None:
-      return
-    for sig, handler in self._previous.items():
-      if handler is not None:  # None: a handler installed outside Python.
-        signal.signal(sig, handler)
-
-
-def _max_over_processes(
-    strategy: parallel.Strategy) -> Callable[[int], jax.Array] | None:
-  """`max_over_mesh`, or None with one process (which needs no agreement)."""
-  if jax.process_count() == 1:
-    return None
-  return steps.max_over_mesh(strategy)
-
-
 # Called after each evaluation with (writer, step, params, config), on every
 # process: what else a run records about its parameters.
 EvalHook = Callable[[logs.MetricsWriter, int, Any, Any], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What else a run records, called on every process.
+
+  on_evaluate: after each evaluation.
+  on_profiled: when the window of `config.profile_steps` has been traced.
+  """
+  on_evaluate: tuple[EvalHook, ...] = ()
+  on_profiled: capture.ProfileHook | None = None
 
 
 def train_and_evaluate(config: Any, workdir: str,
@@ -215,25 +171,11 @@ def train_and_evaluate(config: Any, workdir: str,
   spec = parallel.spec_of(config)
   strategy = parallel.strategy_from_config(config)
   with jax.set_mesh(strategy.mesh):
-    return _train_and_evaluate(config, workdir, spec, strategy,
-                               (on_evaluate, on_profiled))
-
-
-def _train_and_evaluate(config, workdir, spec, strategy,
-                        hooks) -> dict[str, float]:
-  check_config(config, strategy, spec)
-  prepare_workdir(workdir)
-  num_steps, steps_per_epoch = total_steps(config)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  tx = optim.create_optimizer(config.optimizer, parallel.abstract_params(spec))
-  run = _Run(config, workdir, spec, strategy,
-             steps.create_train_state(spec, strategy, tx, init_rng),
-             steps_per_epoch, *hooks)
-  run.resume(spec)
-  train_step = steps.make_train_step(spec, strategy, tx, run.state,
-                                     device.Normalization.from_config(config))
-  eval_step = _eval_step(config, spec, strategy, run.state.params)
-  return run.train(num_steps, train_step, eval_step, dropout_rng)
+    check_config(config, strategy, spec)
+    prepare_workdir(workdir)
+    run = _Run.start(config, workdir, spec, strategy,
+                     Hooks(on_evaluate, on_profiled))
+    return run.train()
 
 
 def _due(done: int, every: int, num_steps: int) -> bool:
@@ -242,82 +184,92 @@ def _due(done: int, every: int, num_steps: int) -> bool:
   return done % every == 0 or done == num_steps
 
 
+@dataclasses.dataclass
 class _Run:
-  """One training run: its state, data position, checkpoints and metrics,
+  """One training run, whole once `start` has built it: its state resumed
+  from the workdir, the compiled steps, the data, checkpoints and metrics,
   and the work the schedule puts between steps."""
+  config: Any
+  strategy: parallel.Strategy
+  hooks: Hooks
+  num_steps: int
+  state: steps.TrainState
+  train_step: Callable
+  eval_step: Callable
+  dropout_rng: jax.Array
+  policy: optim.LearningRatePolicy
+  train_iter: iterators.TrainIterator
+  mngr: Any  # orbax's CheckpointManager.
+  meta: dict[str, Any]
+  writer: logs.MetricsWriter
+  progress: logs.Progress
+  capture: capture.TrainCapture
+  data_state: dict[str, int] = dataclasses.field(default_factory=dict)
+  window: '_Window' = dataclasses.field(default_factory=lambda: _Window())
+  pending: tuple[int, Any] | None = None  # Read one step late, async.
+  last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
-  def __init__(self, config: Any, workdir: str, spec: models.AlexNetSpec,
-               strategy: parallel.Strategy, state: steps.TrainState,
-               steps_per_epoch: float, on_evaluate: tuple[EvalHook, ...],
-               on_profiled: capture.ProfileHook | None):
-    self.config, self.workdir, self.strategy = config, workdir, strategy
-    self.on_evaluate, self.on_profiled = on_evaluate, on_profiled
-    self.state = state
-    self.policy = optim.LearningRatePolicy.from_config(config.optimizer,
-                                                       steps_per_epoch)
+  @classmethod
+  def start(cls, config: Any, workdir: str, spec: models.AlexNetSpec,
+            strategy: parallel.Strategy, hooks: Hooks) -> '_Run':
+    """The run, continued from the latest readable checkpoint in `workdir`
+    if there is one: its parameters, optimizer state, data position and
+    learning-rate policy."""
+    num_steps, steps_per_epoch = total_steps(config)
+    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    tx = optim.create_optimizer(config.optimizer,
+                                parallel.abstract_params(spec))
+    state = steps.create_train_state(spec, strategy, tx, init_rng)
+    policy = optim.LearningRatePolicy.from_config(config.optimizer,
+                                                  steps_per_epoch)
     shard, shards = strategy.process_batch_shard()
-    self.train_iter = iterators.create_train_iterator(
+    train_iter = iterators.create_train_iterator(
         config, process_index=shard, process_count=shards)
-    self.meta = checkpoint.spec_meta(spec, input=config.input.to_dict(),
-                                     dataset=config.dataset)
-    self.ckpt_dir = storage.join(workdir, 'checkpoints')
-    self.mngr = checkpoint.manager(self.ckpt_dir, config.keep_checkpoints)
-    self.data_state = self.train_iter.get_state()
-    self.window = _Window()
-    self.pending = None  # (step, device metrics): read one step late, async.
-    self.last_eval = {}
-    self.writer = self.progress = None  # Set when training starts.
+    mngr = checkpoint.manager(storage.join(workdir, 'checkpoints'),
+                              config.keep_checkpoints)
+    state = _resume(config, spec, strategy, state, mngr, train_iter, policy)
+    writer = logs.MetricsWriter(workdir, resumed_step=int(state.step))
+    logs.console(f'{config.mode} mode on mesh {dict(strategy.mesh.shape)}; '
+                 f'TensorBoard: {writer.tensorboard_dir}; checkpoints: '
+                 f'{mngr.directory}; metrics: {writer.jsonl_path}')
+    return cls(
+        config=config, strategy=strategy, hooks=hooks, num_steps=num_steps,
+        state=state,
+        train_step=steps.make_train_step(
+            spec, strategy, tx, state,
+            device.Normalization.from_config(config)),
+        eval_step=_eval_step(config, spec, strategy, state.params),
+        dropout_rng=dropout_rng, policy=policy, train_iter=train_iter,
+        mngr=mngr,
+        meta=checkpoint.spec_meta(spec, input=config.input.to_dict(),
+                                  dataset=config.dataset),
+        writer=writer, progress=logs.Progress(int(state.step), num_steps),
+        capture=capture.TrainCapture.from_config(
+            config, workdir, writer.tensorboard_dir, hooks.on_profiled),
+        data_state=train_iter.get_state())
 
-  def resume(self, spec: models.AlexNetSpec) -> None:
-    """Continues from the latest readable checkpoint, if there is one: its
-    parameters, optimizer state, data position and learning-rate policy."""
-    latest = checkpoint.restore_latest_readable(
-        self.mngr, spec, params_like=self.state.params,
-        opt_state_like=self.state.opt_state)
-    if latest is None:
-      return
-    step, restored = latest
-    self.state = steps.TrainState(
-        jax.device_put(jnp.int32(step), self.strategy.replicated()),
-        restored['params'], restored['opt_state'])
-    _restore_data_position(self.train_iter, restored['progress']['data'])
-    self.data_state = self.train_iter.get_state()
-    self.policy.load_state_dict(restored['progress']['lr_policy'])
-    logs.console(f'resumed from {self.ckpt_dir}/{step}')
-
-  def train(self, num_steps: int, train_step: Callable, eval_step: Callable,
-            dropout_rng: jax.Array) -> dict[str, float]:
+  def train(self) -> dict[str, float]:
     """Steps up to `num_steps`, logging, evaluating and saving as the
     config schedules; SIGTERM or SIGINT on any process saves one step,
     the same on every process, and returns early. The non-finite stops
     need no such agreement: the loss and the parameter check are
     replicated values, the same on every process. Returns the last
     evaluation's metrics."""
-    config = self.config
-    self.writer = logs.MetricsWriter(self.workdir,
-                                     resumed_step=int(self.state.step))
-    logs.console(f'{config.mode} mode on mesh '
-                 f'{dict(self.strategy.mesh.shape)}; TensorBoard: '
-                 f'{self.writer.tensorboard_dir}; checkpoints: '
-                 f'{self.ckpt_dir}; metrics: {self.writer.jsonl_path}')
+    config, num_steps = self.config, self.num_steps
     batches = iterators.prefetch_to_device(
         self.train_iter, config.input.prefetch_batches,
         steps.batch_shardings(self.strategy, device.TRAIN_KEYS))
-    first_step = int(self.state.step)
-    self.progress = logs.Progress(first_step, num_steps)
-    profiler = capture.TrainCapture.from_config(
-        config, self.workdir, self.writer.tensorboard_dir, self.on_profiled)
-    with _StopRequest(self.strategy) as stop, batches:
-      for step in range(first_step, num_steps):
+    with multihost.StopRequest(self.strategy) as stop, batches, self.capture:
+      for step in range(int(self.state.step), num_steps):
         learning_rate = self.policy(step)
-        self._step(step, batches, train_step, learning_rate, dropout_rng)
+        self._step(step, batches, learning_rate)
         done = step + 1
-        profiler.step(done, self.state, num_steps)
+        self.capture.step(done, self.state, num_steps)
         stop_signal = stop.agreed()
         if _due(done, config.log_every_steps, num_steps):
           self._log_train(done, learning_rate)
         if _due(done, config.eval_every_steps, num_steps):
-          self._evaluate(done, eval_step)
+          self._evaluate(done)
         saved = _due(done, config.checkpoint_every_steps, num_steps)
         if saved:
           self._save(done)
@@ -328,23 +280,39 @@ class _Run:
     self.writer.close()
     return self.last_eval
 
-  def _step(self, step: int, batches: Any, train_step: Callable,
-            learning_rate: float, dropout_rng: jax.Array) -> None:
+  def _step(self, step: int, batches: Any, learning_rate: float) -> None:
     """One train step on the next batch; its metrics are read a step late,
     so the host does not wait for the devices."""
     waited = time.time()
     batch, self.data_state, _ = next(batches)
     self.window.data_wait += time.time() - waited
-    self.state, metrics = train_step(self.state, batch, learning_rate,
-                                     dropout_rng)
+    self.state, metrics = self.train_step(self.state, batch, learning_rate,
+                                          self.dropout_rng)
     self._flush()
-    self.pending = (step, metrics)
+    self.pending = (step + 1, metrics)
 
   def _flush(self) -> None:
     """Adds the pending step's metrics to the window (waiting for them)."""
     if self.pending is not None:
-      self.window.add(*self.pending, self.mngr)
+      done, metrics = self.pending
       self.pending = None
+      loss = self.window.add(metrics)
+      self._stop_unless_finite(done, loss, 'non-finite training loss '
+                               f'({loss})')
+
+  def _stop_unless_finite(self, done: int, finite: bool | float,
+                          what: str) -> None:
+    """Stops the run at step `done` (as metrics.jsonl numbers it) unless
+    `finite` (a value, or whether one is); the latest checkpoint, saved
+    before, is the one to resume from."""
+    if isinstance(finite, float):
+      finite = math.isfinite(finite)
+    if finite:
+      return
+    checkpoint.wait_until_finished(self.mngr)
+    raise FloatingPointError(
+        f'{what} at step {done}; stopped. The latest checkpoint (step '
+        f'{self.mngr.latest_step()}) holds the last good parameters.')
 
   def _log_train(self, done: int, learning_rate: float) -> None:
     """The window's train metrics to TensorBoard, metrics.jsonl and the
@@ -357,18 +325,18 @@ class _Run:
                         self.data_state, self.strategy)})
     self.writer.write(done, summary)
     logs.console(
-        f'step {done}/{self.progress.total_steps}  loss '
+        f'step {done}/{self.num_steps}  loss '
         f'{summary["train/loss"]:.4f}  top1 err '
         f'{summary["train/top1_error"]:.3f}  '
         f'{summary["perf/images_per_sec"]:.0f} img/s  data wait '
         f'{summary["perf/data_wait_fraction"]:.0%}  ETA '
         f'{logs.format_duration(eta)}')
 
-  def _evaluate(self, done: int, eval_step: Callable) -> None:
-    """Validation error (which may lower the learning rate) and conv1's
-    colour specificity, logged."""
+  def _evaluate(self, done: int) -> None:
+    """Validation error (which may lower the learning rate) and what the
+    `on_evaluate` hooks record, logged."""
     self._flush()
-    self.last_eval = evaluate(self.config, self.strategy, eval_step,
+    self.last_eval = evaluate(self.config, self.strategy, self.eval_step,
                               self.state.params)
     if self.policy.observe(self.last_eval['eval/top1_error']):
       logs.console(f'validation error stopped improving: learning rate '
@@ -377,7 +345,7 @@ class _Run:
     logs.console(f'eval at step {done}: ' + '  '.join(
         f'{k.split("/")[1]} {v:.4f}' if isinstance(v, float)
         else f'{k.split("/")[1]} {v}' for k, v in self.last_eval.items()))
-    for hook in self.on_evaluate:
+    for hook in self.hooks.on_evaluate:
       hook(self.writer, done, self.state.params, self.config)
     self.progress.report(done)  # Evaluation time is not training time.
 
@@ -386,12 +354,8 @@ class _Run:
     data position and the learning-rate policy."""
     self._flush()
     # A finite loss can still be followed by an update that overflows.
-    if not steps.all_finite(self.state.params):
-      self.mngr.wait_until_finished()
-      raise FloatingPointError(
-          f'non-finite parameters at step {step}; stopped. The latest '
-          f'checkpoint (step {self.mngr.latest_step()}) holds the last good '
-          'parameters.')
+    self._stop_unless_finite(step, steps.all_finite(self.state.params),
+                             'non-finite parameters')
     checkpoint.save(self.mngr, step, params=self.state.params,
                     opt_state=self.state.opt_state, meta=self.meta,
                     progress={'data': _gather_over_processes(self.data_state),
@@ -403,27 +367,43 @@ class _Run:
       self._save(step)
     checkpoint.wait_until_finished(self.mngr)
     logs.console(f'{signal_name} at step {step}: checkpoint saved in '
-                 f'{self.ckpt_dir}/{step}; run the same command to resume')
+                 f'{self.mngr.directory}/{step}; run the same command to '
+                 'resume')
     self.writer.close()
+
+
+def _resume(config: Any, spec: models.AlexNetSpec,
+            strategy: parallel.Strategy, state: steps.TrainState, mngr: Any,
+            train_iter: iterators.TrainIterator,
+            policy: optim.LearningRatePolicy) -> steps.TrainState:
+  """`state` from the latest readable checkpoint, if there is one, with
+  the data iterator and learning-rate policy where it left them."""
+  latest = checkpoint.restore_latest_readable(
+      mngr, spec, params_like=state.params, opt_state_like=state.opt_state)
+  if latest is None:
+    return state
+  step, restored = latest
+  _restore_data_position(train_iter, restored['progress']['data'])
+  policy.load_state_dict(restored['progress']['lr_policy'])
+  logs.console(f'resumed from {mngr.directory}/{step}')
+  return steps.TrainState(
+      jax.device_put(jnp.int32(step), strategy.replicated()),
+      restored['params'], restored['opt_state'])
 
 
 class _Window:
   """Train metrics accumulated between two console/TensorBoard reports."""
 
   def __init__(self):
-    self.sums, self.steps, self.data_wait, self._start = {}, 0, 0.0, None
+    self.sums, self.steps, self.data_wait = {}, 0, 0.0
 
-  def add(self, step: int, metrics: dict, mngr) -> None:
+  def add(self, metrics: dict) -> float:
+    """Adds one step's metrics; returns its loss."""
     values = {k: float(v) for k, v in metrics.items()}
-    if not math.isfinite(values['train/loss']):
-      checkpoint.wait_until_finished(mngr)
-      raise FloatingPointError(
-          f'non-finite training loss ({values["train/loss"]}) at step {step};'
-          f' stopped. The latest checkpoint (step {mngr.latest_step()}) holds'
-          ' the last good parameters.')
     for k, v in values.items():
       self.sums[k] = self.sums.get(k, 0.0) + v
     self.steps += 1
+    return values['train/loss']
 
   def summary(self, per_step: float, batch_size: int) -> dict[str, float]:
     out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
