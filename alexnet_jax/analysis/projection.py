@@ -21,6 +21,13 @@ The model, per device and step:
             path.
 
 Step = compute + update + critical transfers + exposed gradient transfers.
+
+`project_compiled` does the same for a program compiled for GPU nodes
+(`analysis.compiled`): its own FLOPs, parameter bytes and collectives, each
+collective on the link its replica groups span (NVLink within a host, the
+network across hosts); its all-reduces count as gradients (the few small
+others: the metrics, the hybrids' logits gradient), every other collective
+as critical.
 Left out: contention between GPUs that share a PCIe switch or a NIC,
 hierarchical all-reduce algorithms, small-batch inefficiency of the compute
 (per-device batch scales compute linearly), the input pipeline.
@@ -29,6 +36,7 @@ hierarchical all-reduce algorithms, small-batch inefficiency of the compute
 import dataclasses
 import functools
 import math
+from typing import Any
 
 from alexnet_jax import hardware
 from alexnet_jax import models
@@ -108,6 +116,30 @@ def project(mode: str, num_devices: int, batch: int, net: comms.NetShape,
       critical += seconds
   exposed = max(0.0, grad - BACKWARD_SHARE * compute)
   update = update_seconds(figures['param_bytes'], hw)
+  step = compute + update + critical + exposed
+  return {'compute_s': compute, 'update_s': update, 'critical_s': critical,
+          'gradient_s': grad, 'exposed_s': exposed, 'step_s': step,
+          'images_per_sec': batch / step}
+
+
+def project_compiled(flops: float, param_bytes: float,
+                     collectives: list[dict[str, Any]], batch: int,
+                     hw: hardware.Hardware, rate: float) -> dict[str, float]:
+  """The step of a compiled program on `hw`: `collectives` as
+  `placement.collective_placement` lists them (received bytes, group,
+  hosts spanned)."""
+  compute = flops / rate
+  grad, critical = 0.0, 0.0
+  for c in collectives:
+    link = hw.inter if c['hosts'] > 1 else hw.intra
+    seconds = (_ring_steps(c['kind'], c['group']) * link.latency_s
+               + c['bytes'] / (link.gbytes_per_s * 1e9))
+    if c['kind'] == 'all-reduce':
+      grad += seconds
+    else:
+      critical += seconds
+  exposed = max(0.0, grad - BACKWARD_SHARE * compute)
+  update = update_seconds(param_bytes, hw)
   step = compute + update + critical + exposed
   return {'compute_s': compute, 'update_s': update, 'critical_s': critical,
           'gradient_s': grad, 'exposed_s': exposed, 'step_s': step,
