@@ -64,6 +64,7 @@ def _measure(config: Any, strategy: Any, batch: int) -> tuple[
       'device_kind': kind,
       'platform': platform,
       'hosts': placement.hosts(mesh_devices),
+      'collectives': collectives,
       'collective_bytes_by_place': placement.bytes_by_place(collectives),
       'fc_shards': strategy.layout.fc_shards,
       'placement': (placement.placement_lines(strategy.mesh, text)
@@ -75,6 +76,35 @@ def _measure(config: Any, strategy: Any, batch: int) -> tuple[
         result['flops'], result['param_bytes'], collectives, batch, hw,
         projection.device_rate(hw))
   return result, state
+
+
+def gpu_nodes(gpu: str, num_devices: int, per_node: int) -> str | None:
+  """The `--topology` name of `num_devices` GPUs in nodes of `per_node`
+  (`h100:2x8`), or None where they do not fill whole nodes."""
+  if num_devices <= per_node:
+    return f'{gpu}:1x{num_devices}'
+  if num_devices % per_node:
+    return None
+  return f'{gpu}:{num_devices // per_node}x{per_node}'
+
+
+def project_on_nodes(config: Any, mode: str, num_devices: int, batch: int,
+                     hw: hardware.Hardware, rate: float
+                     ) -> dict[str, Any] | None:
+  """`projection.project_compiled` of the train step compiled for the GPU
+  nodes of preset `hw` (parts, step, images/s, peak memory per device and
+  the topology), or None where `hw` has no GPU target description, the
+  GPU compiler is not installed or the devices do not fill whole nodes."""
+  gpu = hardware.GPU_TARGET_OF_PRESET.get(hw.name)
+  name = gpu and gpu_nodes(gpu, num_devices, hw.devices_per_node)
+  if not name or not aot.gpu_compiler_installed():
+    return None
+  measured = measure(config, mode, num_devices, batch,
+                     aot.topology_devices(name))
+  return projection.project_compiled(
+      measured['flops'], measured['param_bytes'], measured['collectives'],
+      batch, hw, rate) | {'topology': name,
+                          'peak_memory_bytes': measured['peak_memory_bytes']}
 
 
 def fits(measured: dict[str, Any]) -> bool:
@@ -106,14 +136,17 @@ def max_batch(config: Any, mode: str, num_devices: int, start: int,
               fc_shards: int | None = None
               ) -> tuple[int, dict[int, dict[str, Any]]]:
   """The largest global batch whose compiled train step fits the device
-  (`fits`), and every compile made on the way (batch -> `measure`).
+  (`fits`), to within 1%, and every compile made on the way (batch ->
+  `measure`).
 
-  A bracketing search over compiles: peak memory grows about linearly with
-  the batch, so each probe is the batch at which the line through the two
-  nearest probes meets the memory limit, kept strictly inside the bracket
-  and replaced by its midpoint when that halves the bracket more; from
-  `start` (rounded to a valid batch) it ends when a fitting batch and one
-  unit more that does not are both compiled.
+  A bracketing search over compiles, from `start` (rounded down to a valid
+  batch) and twice it. Peak memory grows about linearly with the batch, so
+  each probe is where the line through two probes meets the memory limit:
+  extrapolated until a batch does not fit, then interpolated inside the
+  bracket (its midpoint after two probes that moved the same end). It
+  assumes memory never falls as the batch grows; XLA's choices of
+  algorithm make it jump by a few percent between neighbouring batches, so
+  a batch just below the one found may not fit.
   """
   spec = parallel.spec_of(config)
   available = len(devices) if devices else num_devices
@@ -128,40 +161,41 @@ def max_batch(config: Any, mode: str, num_devices: int, start: int,
   def peak(units: int) -> float:
     return runs[units * unit]['peak_memory_bytes']
 
-  lo, hi = 0, None  # Units: the largest known to fit, smallest not to.
+  def crossing(a: int, b: int) -> float:
+    """Where the line through probes a < b meets the limit (inf if flat)."""
+    slope = (peak(b) - peak(a)) / (b - a)
+    limit = runs[a * unit]['usable_bytes']
+    return a + (limit - peak(a)) / slope if slope > 0 else float('inf')
+
   first = max(1, start // unit)
-  if probe(first):
-    lo = first
-  else:
-    hi = first
-  limit = None
-  while hi is None or hi - lo > 1:
-    if hi is None:  # Extrapolate upwards from the last two fits.
-      below = max([u for u in (lo // 2, lo - 1) if u >= 1] or [0])
-      if below and below * unit not in runs:
-        probe(below)
-      limit = limit or runs[lo * unit]['usable_bytes']
-      slope = ((peak(lo) - peak(below)) / (lo - below) if below else 0)
-      guess = (lo + (limit - peak(lo)) / slope) if slope > 0 else 2 * lo
-      nxt = max(2 * lo, int(guess))
-    elif lo == 0:  # Even `first` does not fit: halve down.
-      nxt = hi // 2
-      if nxt == 0:
-        raise ValueError(f'--max_batch: not even a global batch of {unit} '
-                         f'fits ({runs[hi * unit]["peak_memory_bytes"] / 2**30:.2f} '
-                         'GiB per device at the smallest tried)')
+  lo, hi = (first, None) if probe(first) else (0, first)
+  while lo == 0:  # Even `start` does not fit: halve down.
+    if hi == 1:
+      raise ValueError(f'--max_batch: not even a global batch of {unit} '
+                       f'fits ({peak(1) / 2**30:.2f} GiB per device)')
+    hi_next = hi // 2
+    if probe(hi_next):
+      lo = hi_next
     else:
-      limit = runs[lo * unit]['usable_bytes']
-      slope = (peak(hi) - peak(lo)) / (hi - lo)
-      guess = lo + int((limit - peak(lo)) / slope) if slope > 0 else lo + 1
-      nxt = min(max(guess, lo + 1), hi - 1)
-      mid = (lo + hi) // 2
-      if max(nxt - lo, hi - nxt) > max(mid - lo, hi - mid) * 2:
-        nxt = mid
+      hi = hi_next
+  below, moved = None, []
+  while hi is None or hi - lo > max(1, lo // 100):
+    if hi is None:
+      step = max(1, lo // 64)
+      nxt = 2 * lo if below is None else max(
+          lo + step, min(int(crossing(below, lo)), 64 * lo))
+      below = lo
+    else:
+      nxt = int(crossing(lo, hi))
+      if moved[-2:] in (['lo', 'lo'], ['hi', 'hi']):
+        nxt = (lo + hi) // 2
+      nxt = min(max(nxt, lo + 1), hi - 1)
     if probe(nxt):
       lo = nxt
+      moved.append('lo')
     else:
       hi = nxt
+      moved.append('hi')
   return lo * unit, runs
 
 

@@ -166,7 +166,8 @@ class Row:
   step_s: float
   images_per_sec: float
   speedup: float
-  parts: dict[str, float]
+  parts: dict[str, Any]
+  source: str = 'analytical terms'  # Or the GPU topology compiled for.
 
 
 def plan(hw: hardware.Hardware, modes: list[str], device_counts: list[int],
@@ -202,16 +203,27 @@ def lines(rows: list[Row]) -> list[str]:
 
 
 def markdown(rows: list[Row], hw: hardware.Hardware) -> str:
+  """The rows as a table; where any was compiled for GPU nodes, with the
+  source of each row's bytes and its compiled peak memory per device."""
+  compiled = any(r.source != Row.source for r in rows)
+  extra = ' from | peak GiB/device |' if compiled else ''
   out = [f'Projected on `{hw.name}` (a projection, not a measurement). '
          f'Sources: {hw.sources}', '',
          '| mode | devices | global batch | step ms | images/s | speedup | '
          'compute ms | update ms | critical comm ms | gradient comm ms '
-         '(exposed) |', '|---|---|---|---|---|---|---|---|---|---|']
+         '(exposed) |' + extra,
+         '|---|---|---|---|---|---|---|---|---|---|' + (
+             '---|---|' if compiled else '')]
   for r in rows:
     p = r.parts
-    out.append(f'| {r.mode} | {r.devices} | {r.batch} | {r.step_s * 1e3:.1f} '
-               f'| {r.images_per_sec:,.0f} | {r.speedup:.2f} | '
-               f'{p["compute_s"] * 1e3:.1f} | {p["update_s"] * 1e3:.1f} | '
-               f'{p["critical_s"] * 1e3:.1f} | {p["gradient_s"] * 1e3:.1f} '
-               f'({p["exposed_s"] * 1e3:.1f}) |')
+    line = (f'| {r.mode} | {r.devices} | {r.batch} | {r.step_s * 1e3:.1f} '
+            f'| {r.images_per_sec:,.0f} | {r.speedup:.2f} | '
+            f'{p["compute_s"] * 1e3:.1f} | {p["update_s"] * 1e3:.1f} | '
+            f'{p["critical_s"] * 1e3:.1f} | {p["gradient_s"] * 1e3:.1f} '
+            f'({p["exposed_s"] * 1e3:.1f}) |')
+    if compiled:
+      peak = p.get('peak_memory_bytes')
+      line += (f' {r.source} | '
+               + (f'{peak / 2**30:.2f} |' if peak is not None else '- |'))
+    out.append(line)
   return '\n'.join(out)
