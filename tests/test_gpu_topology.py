@@ -20,6 +20,7 @@ from alexnet_jax import hardware
 from alexnet_jax import models
 from alexnet_jax.analysis import comms
 from alexnet_jax.analysis import compiled
+from alexnet_jax.analysis import projection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.model.input_size=67',
@@ -107,15 +108,25 @@ def test_compiled_step_on_two_gpu_nodes(data_tower_on_nodes):
   assert lines[-1].endswith(': fits')
 
 
+@pytest.fixture(scope='module')
+def data_on_one_node(tiny_config_factory):
+  """Mode data on a node of 2 H100s at batch 16."""
+  if not aot.gpu_compiler_installed():
+    pytest.skip("JAX's CUDA plugin is not installed")
+  config = tiny_config_factory(mode='data', num_devices=2)
+  return config, compiled.measure(config, 'data', 2, 16,
+                                  aot.topology_devices('h100:1x2'))
+
+
 @needs_plugin
 def test_max_batch_fits_and_one_compiled_batch_above_it_does_not(
-    tiny_config_factory, monkeypatch):
-  config = tiny_config_factory(mode='data', num_devices=2)
+    data_on_one_node, monkeypatch):
+  config, measured = data_on_one_node
   devices = aot.topology_devices('h100:1x2')
-  base = compiled.measure(config, 'data', 2, 16, devices)['peak_memory_bytes']
-  # GPUs whose allocator holds three times the step at batch 16, so the
+  base = measured['peak_memory_bytes']
+  # GPUs whose allocator holds ten times the step at batch 16, so the
   # search ends at a small batch after a few small compiles.
-  usable = 3 * base
+  usable = 10 * base
   monkeypatch.setitem(hardware.HBM_BYTES, 'NVIDIA H100 80GB HBM3',
                       usable / hardware.GPU_ALLOCATOR_FRACTION + 1)
   largest, runs = compiled.max_batch(config, 'data', 2, 16, devices)
@@ -124,6 +135,28 @@ def test_max_batch_fits_and_one_compiled_batch_above_it_does_not(
   above = [b for b, r in runs.items() if r['peak_memory_bytes'] > usable]
   assert above and min(above) > largest
   assert min(above) - largest <= 2 * max(1, largest // 2 // 100)
+
+
+@needs_plugin
+def test_plan_projects_whole_gpu_nodes_from_their_compiled_step(
+    data_on_one_node):
+  config, measured = data_on_one_node
+  hw = hardware.HARDWARE['h100_sxm8']
+  rate = projection.device_rate(hw)
+  assert compiled.gpu_nodes('h100', 16, 8) == 'h100:2x8'
+  assert compiled.project_on_nodes(config, 'data', 12, 24, hw, rate) is None
+  assert compiled.project_on_nodes(
+      config, 'data', 2, 16, hardware.HARDWARE['owt_k20'], rate) is None
+  got = compiled.project_on_nodes(config, 'data', 2, 16, hw, rate)
+  assert got['topology'] == 'h100:1x2'
+  assert got['peak_memory_bytes'] == measured['peak_memory_bytes']
+  # Within one node every collective runs on NVLink, at its bandwidth.
+  nvlink = sum(c['bytes'] for c in measured['collectives']) / (
+      hw.intra.gbytes_per_s * 1e9)
+  assert nvlink <= got['critical_s'] + got['gradient_s'] < nvlink + 1e-3
+  assert got['step_s'] == pytest.approx(
+      got['compute_s'] + got['update_s'] + got['critical_s']
+      + got['exposed_s'])
 
 
 @needs_plugin

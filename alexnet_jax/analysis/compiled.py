@@ -183,7 +183,7 @@ def max_batch(config: Any, mode: str, num_devices: int, start: int,
     if hi is None:
       step = max(1, lo // 64)
       nxt = 2 * lo if below is None else max(
-          lo + step, min(int(crossing(below, lo)), 64 * lo))
+          lo + step, int(min(crossing(below, lo), 64 * lo)))
       below = lo
     else:
       nxt = int(crossing(lo, hi))
