@@ -191,8 +191,9 @@ def test_programs_stay_on_the_cpu_and_quiet_with_the_plugin_installed(
   env = dict(os.environ, PYTHONPATH=REPO)
   for module, args in (('tools.summary', [f'--config={REPO}/configs/'
                                           'two_tower.py']),
-                       ('main', [f'--config={REPO}/configs/data_parallel.py',
-                                 '--dry_run', *TINY])):
+                       ('tools.plan', ['--hardware=h100_sxm8',
+                                       '--modes=data', '--devices=1,2',
+                                       '--nocompile'])):
     out = _run(module, *args, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'cuDNN' not in out.stderr and 'Traceback' not in out.stderr, (
