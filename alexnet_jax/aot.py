@@ -1,18 +1,24 @@
 """Ahead-of-time compilation: the train and eval steps compiled for a mesh
-this process may not be able to run (more devices than it has, or a TPU
-slice described by the TPU runtime with no TPU present), from abstract
-state, with nothing allocated. `main --dry_run` and `cost` compile
+this process may not be able to run (more devices than it has, a TPU slice
+described by the TPU runtime with no TPU present, or NVIDIA GPU nodes
+described by JAX's CUDA plugin with no GPU present), from abstract state,
+with nothing allocated. `main --dry_run`, `cost` and `plan` compile
 through here.
 """
 
 import contextlib
+import importlib.resources
+import importlib.util
 import math
 import os
+import re
 import warnings
 from typing import Any, Iterator
 
 import jax
+from jax._src.lib import _jax as xla_extension  # XLA's HLO cost analysis.
 from jax.experimental import topologies
+import jax.extend
 
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -36,12 +42,81 @@ def prepare_libtpu() -> None:
     os.environ.setdefault(key, value)
 
 
+# `--topology=GPU:HOSTSxGPUS` names -> XLA's description of that GPU,
+# shipped in alexnet_jax/gpu_targets (its README names the source).
+GPU_TARGETS = {'a100': 'a100_sxm_80.txtpb', 'h100': 'h100_sxm.txtpb',
+               'h200': 'h200.txtpb'}
+
+
+# Fields of XLA's newer descriptions that the pinned jaxlib's
+# GpuTargetConfigProto lacks (it rejects the whole description): dropped as
+# a description loads, so the shipped files stay XLA's own.
+_UNSUPPORTED_TARGET_FIELDS = ('collective_memory_granularity',)
+
+
+GPU_COMPILE_HINT = "install the GPU compiler: pip install -e '.[gpu_compile]'"
+
+
+def gpu_compiler_installed() -> bool:
+  """Whether JAX's CUDA plugin, which compiles for described GPUs, is here."""
+  return importlib.util.find_spec('jax_plugins.xla_cuda12') is not None
+
+
+def gpu_target_config(gpu: str) -> str:
+  """XLA's target description (GpuTargetConfigProto text) of a GPU of
+  `GPU_TARGETS`, less the fields this jaxlib cannot read."""
+  text = (importlib.resources.files('alexnet_jax') / 'gpu_targets'
+          / GPU_TARGETS[gpu]).read_text()
+  for field in _UNSUPPORTED_TARGET_FIELDS:
+    text = re.sub(rf'^\s*{field}:.*\n', '', text, flags=re.M)
+  return text
+
+
+def is_gpu_topology(name: str) -> bool:
+  return name.split(':')[0].lower() in GPU_TARGETS
+
+
+def gpu_topology(name: str) -> tuple[str, int, int]:
+  """(gpu, hosts, GPUs per host) of a name like `h100:2x8`."""
+  match = re.fullmatch(r'(\w+):(\d+)x(\d+)', name.strip())
+  if not match or not is_gpu_topology(name) or min(
+      int(match.group(2)), int(match.group(3))) < 1:
+    raise ValueError(f'--topology: {name!r} is not GPU:HOSTSxGPUS with GPU '
+                     f'one of {sorted(GPU_TARGETS)} (e.g. h100:2x8: two '
+                     'hosts of 8 GPUs)')
+  return match.group(1).lower(), int(match.group(2)), int(match.group(3))
+
+
+def _gpu_topology_devices(name: str) -> list[Any]:
+  """The GPUs of `HOSTS` nodes of `GPUS` each, described by the CUDA plugin.
+
+  Each host is its own NVLink domain (the plugin's partition), as on
+  A100, H100 and H200 nodes; hosts are joined by the network.
+  """
+  gpu, hosts, per_host = gpu_topology(name)
+  if not gpu_compiler_installed():
+    raise ValueError(f'--topology: {name!r} cannot be described (no JAX '
+                     f'CUDA plugin); {GPU_COMPILE_HINT}')
+  try:
+    topology = topologies.get_topology_desc(
+        platform='cuda', target_config=gpu_target_config(gpu),
+        topology=f'{hosts}x1x{per_host}')
+  except Exception as error:  # pylint: disable=broad-except
+    message = str(error).strip().splitlines()[0] if str(error) else repr(error)
+    raise ValueError(f'--topology: {name!r} cannot be described '
+                     f'({message})') from None
+  return list(topology.devices)
+
+
 def topology_devices(name: str) -> list[Any]:
-  """The chips of a TPU slice named like `v5e:4x4` (no TPU needed).
+  """The chips of a TPU slice named like `v5e:4x4`, or the GPUs of nodes
+  named like `h100:2x8` (no TPU or GPU needed).
 
   Raises a one-line ValueError naming --topology when the name is unknown
-  or the TPU runtime library is missing.
+  or the TPU runtime library (or the CUDA plugin) is missing.
   """
+  if is_gpu_topology(name):
+    return _gpu_topology_devices(name)
   prepare_libtpu()
   try:
     topology = topologies.get_topology_desc(topology_name=name,
@@ -78,6 +153,14 @@ def abstract_train_state(spec, strategy, tx) -> Any:
 def compile_train_step(config: Any, strategy: Any, batch: int) -> tuple[
     Any, Any]:
   """(compiled train step, abstract state) for a global batch of `batch`."""
+  lowered, state = lower_train_step(config, strategy, batch)
+  with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
+    return lowered.compile(), state
+
+
+def lower_train_step(config: Any, strategy: Any, batch: int) -> tuple[
+    Any, Any]:
+  """(lowered train step, abstract state): the unoptimised program."""
   spec = parallel.spec_of(config)
   tx = optim.create_optimizer(config.optimizer,
                               parallel.abstract_params(spec))
@@ -92,8 +175,17 @@ def compile_train_step(config: Any, strategy: Any, batch: int) -> tuple[
   with jax.set_mesh(strategy.mesh), quiet_cache_reads(strategy.mesh):
     step = steps.make_train_step(spec, strategy, tx, state,
                                  device.Normalization.from_config(config))
-    compiled = step.lower(state, batch_args, 0.01, key).compile()
-  return compiled, state
+    return step.lower(state, batch_args, 0.01, key), state
+
+
+def unoptimised_flops(lowered: Any) -> float:
+  """FLOPs of a lowered program before XLA optimises it, counted by XLA's
+  HLO cost analysis on the CPU: what a target whose compiler reports none
+  (XLA's GPU compiler) is costed by. The model runs per device inside
+  `jax.shard_map`, so its FLOPs are one device's."""
+  module = lowered.compiler_ir('hlo').as_hlo_module()
+  return xla_extension.hlo_module_cost_analysis(
+      jax.extend.backend.get_backend('cpu'), module)['flops']
 
 
 @contextlib.contextmanager

@@ -6,15 +6,33 @@ that `plan` projects onto. Every figure names its source.
 import dataclasses
 
 
-# Per-chip HBM from the vendors' datasheets (Cloud TPU system architecture
-# pages; NVIDIA H100 SXM datasheet), keyed by `device.device_kind`.
+# Per-chip HBM, keyed by `device.device_kind`: TPUs from the Cloud TPU
+# system architecture pages; GPUs as the GPU reports it (XLA's target
+# descriptions in alexnet_jax/gpu_targets, `device_memory_size`).
 HBM_BYTES = {
     'TPU v4': 32 * 2**30,
     'TPU v5 lite': 16 * 2**30,  # v5e
     'TPU v5': 95 * 10**9,  # v5p
     'TPU v6 lite': 32 * 2**30,  # v6e (Trillium)
-    'NVIDIA H100 80GB HBM3': 80 * 10**9,
+    'NVIDIA A100-SXM4-80GB': 85_100_068_864,
+    'NVIDIA H100 80GB HBM3': 84_942_979_072,
+    'NVIDIA H200 141GB HBM3e': 151_397_597_184,
 }
+
+
+# The share of a GPU's memory JAX's allocator takes (it preallocates 75% by
+# default; XLA_PYTHON_CLIENT_MEM_FRACTION changes it): what a train step
+# may use on a GPU. A TPU's whole HBM is JAX's.
+GPU_ALLOCATOR_FRACTION = 0.75
+
+
+def usable_bytes(device_kind: str, platform: str) -> int | None:
+  """Memory a program may use on one device under JAX's defaults, or None
+  where the device's memory is not in the table."""
+  hbm = HBM_BYTES.get(device_kind)
+  if hbm is None:
+    return None
+  return int(hbm * GPU_ALLOCATOR_FRACTION) if platform == 'gpu' else hbm
 
 
 UPDATE_TRAFFIC = 5  # Bytes moved per parameter byte: read w, g, v; write w, v.
@@ -98,6 +116,28 @@ HARDWARE = {
         'per GPU across nodes; one-GPU step: ASSUMED 30% of TF32 peak, no '
         'measurement exists (pass --step_seconds with a measured one); '
         'latency 5 us NVLink, 10 us network per ring step (typical NCCL).'),
+    'h200_sxm8': Hardware(
+        'h200_sxm8', devices_per_node=8,
+        intra=Link(450.0, 5e-6), inter=Link(50.0, 10e-6),
+        hbm_gbytes_per_s=4800.0,
+        step_seconds=_assumed_step(495e12, 0.30, 4800.0),
+        step_batch=128, step_variant='paper',
+        sources='H200 SXM datasheet: 495 TFLOP/s dense TF32 (as H100), '
+        '4.8 TB/s HBM3e, NVLink 4 900 GB/s (450 each way); 400 Gb/s (50 '
+        'GB/s) ConnectX-7 per GPU across nodes; one-GPU step: ASSUMED 30% '
+        'of TF32 peak, no measurement exists; latency 5 us NVLink, 10 us '
+        'network per ring step (typical NCCL).'),
+    'a100_sxm8': Hardware(
+        'a100_sxm8', devices_per_node=8,
+        intra=Link(300.0, 5e-6), inter=Link(25.0, 10e-6),
+        hbm_gbytes_per_s=2039.0,
+        step_seconds=_assumed_step(156e12, 0.30, 2039.0),
+        step_batch=128, step_variant='paper',
+        sources='A100 SXM4 80GB datasheet: 156 TFLOP/s dense TF32, 2.039 '
+        'TB/s HBM2e, NVLink 3 600 GB/s (300 each way); 200 Gb/s (25 GB/s) '
+        'HDR InfiniBand per GPU across nodes; one-GPU step: ASSUMED 30% of '
+        'TF32 peak, no measurement exists; latency 5 us NVLink, 10 us '
+        'network per ring step (typical NCCL).'),
     # A slice is one ICI domain (a 2-D torus up to 16x16): hosts are joined
     # by the same links as the chips of one host, so the two classes here
     # are a ring along one torus dimension (the inner mesh axis, within a
@@ -123,11 +163,20 @@ HARDWARE = {
 
 # `device.device_kind` of a compiled program's devices -> its preset.
 PRESET_OF_DEVICE_KIND = {'TPU v5 lite': 'tpu_v5e',
-                         'NVIDIA H100 80GB HBM3': 'h100_sxm8'}
+                         'NVIDIA A100-SXM4-80GB': 'a100_sxm8',
+                         'NVIDIA H100 80GB HBM3': 'h100_sxm8',
+                         'NVIDIA H200 141GB HBM3e': 'h200_sxm8'}
+
+
+# A GPU preset -> the GPU of `aot.GPU_TARGETS` its nodes compile for.
+GPU_TARGET_OF_PRESET = {'a100_sxm8': 'a100', 'h100_sxm8': 'h100',
+                        'h200_sxm8': 'h200'}
 
 
 # Dense peak TFLOP/s per device at the compute dtype.
 KNOWN_PEAKS = {('NVIDIA H100 80GB HBM3', 'bfloat16'): 989.0,
                ('NVIDIA H100 80GB HBM3', 'float32'): 67.0,
                ('NVIDIA H200', 'bfloat16'): 989.0,
-               ('NVIDIA H200', 'float32'): 67.0}
+               ('NVIDIA H200', 'float32'): 67.0,
+               ('NVIDIA H200 141GB HBM3e', 'bfloat16'): 989.0,
+               ('NVIDIA H200 141GB HBM3e', 'float32'): 67.0}

@@ -112,8 +112,10 @@ def define_flags() -> cli.Flags:
           'exit.'),
       'topology': flags.DEFINE_string(
           'topology', None, 'With --dry_run: compile for this TPU slice (e.g. '
-          "v5e:4x4) instead of this host's devices; needs only the TPU "
-          'runtime.'),
+          'v5e:4x4; needs only the TPU runtime) or these NVIDIA GPU nodes '
+          '(GPU:HOSTSxGPUS, GPU one of a100, h100, h200, e.g. h100:2x8; '
+          "needs only pip install -e '.[gpu_compile]') instead of this "
+          "host's devices."),
       'distributed': flags.DEFINE_bool(
           'distributed', False, 'Call jax.distributed.initialize() '
           '(multi-host). Without the three flags below it reads the cluster '

@@ -21,6 +21,13 @@ The model, per device and step:
             path.
 
 Step = compute + update + critical transfers + exposed gradient transfers.
+
+`project_compiled` does the same for a program compiled for GPU nodes
+(`analysis.compiled`): its own FLOPs, parameter bytes and collectives, each
+collective on the link its replica groups span (NVLink within a host, the
+network across hosts); its all-reduces count as gradients (the few small
+others: the metrics, the hybrids' logits gradient), every other collective
+as critical.
 Left out: contention between GPUs that share a PCIe switch or a NIC,
 hierarchical all-reduce algorithms, small-batch inefficiency of the compute
 (per-device batch scales compute linearly), the input pipeline.
@@ -29,6 +36,7 @@ hierarchical all-reduce algorithms, small-batch inefficiency of the compute
 import dataclasses
 import functools
 import math
+from typing import Any
 
 from alexnet_jax import hardware
 from alexnet_jax import models
@@ -114,6 +122,30 @@ def project(mode: str, num_devices: int, batch: int, net: comms.NetShape,
           'images_per_sec': batch / step}
 
 
+def project_compiled(flops: float, param_bytes: float,
+                     collectives: list[dict[str, Any]], batch: int,
+                     hw: hardware.Hardware, rate: float) -> dict[str, float]:
+  """The step of a compiled program on `hw`: `collectives` as
+  `placement.collective_placement` lists them (received bytes, group,
+  hosts spanned)."""
+  compute = flops / rate
+  grad, critical = 0.0, 0.0
+  for c in collectives:
+    link = hw.inter if c['hosts'] > 1 else hw.intra
+    seconds = (_ring_steps(c['kind'], c['group']) * link.latency_s
+               + c['bytes'] / (link.gbytes_per_s * 1e9))
+    if c['kind'] == 'all-reduce':
+      grad += seconds
+    else:
+      critical += seconds
+  exposed = max(0.0, grad - BACKWARD_SHARE * compute)
+  update = update_seconds(param_bytes, hw)
+  step = compute + update + critical + exposed
+  return {'compute_s': compute, 'update_s': update, 'critical_s': critical,
+          'gradient_s': grad, 'exposed_s': exposed, 'step_s': step,
+          'images_per_sec': batch / step}
+
+
 @functools.cache
 def variant_net(variant: str) -> comms.NetShape:
   """The cost model's shape of a named network, traced once."""
@@ -134,7 +166,8 @@ class Row:
   step_s: float
   images_per_sec: float
   speedup: float
-  parts: dict[str, float]
+  parts: dict[str, Any]
+  source: str = 'analytical terms'  # Or the GPU topology compiled for.
 
 
 def plan(hw: hardware.Hardware, modes: list[str], device_counts: list[int],
@@ -170,16 +203,27 @@ def lines(rows: list[Row]) -> list[str]:
 
 
 def markdown(rows: list[Row], hw: hardware.Hardware) -> str:
+  """The rows as a table; where any was compiled for GPU nodes, with the
+  source of each row's bytes and its compiled peak memory per device."""
+  compiled = any(r.source != Row.source for r in rows)
+  extra = ' from | peak GiB/device |' if compiled else ''
   out = [f'Projected on `{hw.name}` (a projection, not a measurement). '
          f'Sources: {hw.sources}', '',
          '| mode | devices | global batch | step ms | images/s | speedup | '
          'compute ms | update ms | critical comm ms | gradient comm ms '
-         '(exposed) |', '|---|---|---|---|---|---|---|---|---|---|']
+         '(exposed) |' + extra,
+         '|---|---|---|---|---|---|---|---|---|---|' + (
+             '---|---|' if compiled else '')]
   for r in rows:
     p = r.parts
-    out.append(f'| {r.mode} | {r.devices} | {r.batch} | {r.step_s * 1e3:.1f} '
-               f'| {r.images_per_sec:,.0f} | {r.speedup:.2f} | '
-               f'{p["compute_s"] * 1e3:.1f} | {p["update_s"] * 1e3:.1f} | '
-               f'{p["critical_s"] * 1e3:.1f} | {p["gradient_s"] * 1e3:.1f} '
-               f'({p["exposed_s"] * 1e3:.1f}) |')
+    line = (f'| {r.mode} | {r.devices} | {r.batch} | {r.step_s * 1e3:.1f} '
+            f'| {r.images_per_sec:,.0f} | {r.speedup:.2f} | '
+            f'{p["compute_s"] * 1e3:.1f} | {p["update_s"] * 1e3:.1f} | '
+            f'{p["critical_s"] * 1e3:.1f} | {p["gradient_s"] * 1e3:.1f} '
+            f'({p["exposed_s"] * 1e3:.1f}) |')
+    if compiled:
+      peak = p.get('peak_memory_bytes')
+      line += (f' {r.source} | '
+               + (f'{peak / 2**30:.2f} |' if peak is not None else '- |'))
+    out.append(line)
   return '\n'.join(out)

@@ -1,17 +1,24 @@
 """What one train step costs per device: communication, FLOPs, memory.
 
   python -m alexnet_jax.tools.cost --config=configs/two_tower.py [--devices=N]
-      [--batch_size=B] [--topology=v5e:4x4] [--link_gbps=G --device_tflops=F]
+      [--batch_size=B] [--topology=v5e:4x4 | --topology=h100:2x8]
+      [--max_batch] [--link_gbps=G --device_tflops=F]
       [--analytical_only] [--json_out=PATH] [--config.model.input_size=67 ...]
 
 Compiles the real train step (`steps.make_train_step`) of the configured
 execution mode, on this host's devices or simulated CPU devices when there
 are too few, or with --topology for a TPU slice described by the TPU
-runtime (no TPU needed), and reads from the compiled program every
-collective, its FLOPs and its memory. For a TPU slice it adds where each
-mesh axis and collective lies (within a host or across hosts), peak memory
-against the chip's HBM, and XLA's estimate of the step time
-(`estimated_step_seconds`). Beside each measured figure it prints the
+runtime or NVIDIA GPU nodes described by JAX's CUDA plugin (no TPU or GPU
+needed), and reads from the compiled program every collective, its FLOPs
+and its memory. For a topology it adds where each mesh axis and collective
+lies (within a host or across hosts), peak memory against the device's,
+and XLA's estimate of the step time (`estimated_step_seconds`) where the
+compiler gives one; for GPUs, whose compiler reports neither FLOPs nor a
+time, the FLOPs of the unoptimised program and a step time projected from
+the compiled program on the GPU's `plan` preset (`projected_step_seconds`).
+With --max_batch it searches, over compiles, for the largest global batch
+whose peak memory fits (`max_global_batch`). Beside each measured figure it
+prints the
 analytical expectation (`analysis.comms`, after docs/paper.md,
 Parallelism), so the cost model and the code are checked against each
 other; with --analytical_only it prints the model alone, for device counts
@@ -112,6 +119,11 @@ def format_report(result: dict[str, Any]) -> str:
   if measured and measured.get('placement'):
     lines += ['', 'placement (mesh axes on the hardware; collectives by '
               'replica group):', *measured['placement']]
+  if measured and 'projection' in measured:
+    lines += ['', *compiled.gpu_lines(measured),
+              f'projected_step_seconds {measured["projection"]["step_s"]:.6g}',
+              'projected_images_per_sec '
+              f'{measured["projection"]["images_per_sec"]:.1f}']
   seconds = measured and measured.get('estimated_step_seconds')
   raw = measured and measured.get('xla_optimal_seconds')
   if raw is not None and not seconds:
@@ -132,6 +144,11 @@ def format_report(result: dict[str, Any]) -> str:
   final = measured or expected
   lines += [f'collective_bytes_per_step {final["collective_bytes"]}',
             f'param_bytes_per_device {round(final["param_bytes"])}']
+  if measured:
+    lines += [f'peak_memory_bytes_per_device {measured["peak_memory_bytes"]}',
+              f'flops_per_device {round(measured["flops"])}']
+  if 'max_global_batch' in result:
+    lines.append(f'max_global_batch {result["max_global_batch"]}')
   return '\n'.join(lines)
 
 
@@ -154,8 +171,15 @@ def define_flags() -> cli.Flags:
           'compiles nothing, so any device count works.'),
       'topology': flags.DEFINE_string(
           'topology', None, 'Compile for a TPU slice, e.g. v5e:4x4 (16 '
-          "chips, 4 hosts); needs the TPU runtime (pip install -e '.[tpu]'), "
-          'not a TPU. --devices defaults to every chip of the slice.'),
+          "chips, 4 hosts; needs pip install -e '.[tpu]'), or for NVIDIA GPU "
+          'nodes, GPU:HOSTSxGPUS with GPU one of '
+          f'{",".join(sorted(aot.GPU_TARGETS))}, e.g. h100:2x8 (needs pip '
+          "install -e '.[gpu_compile]'); no TPU or GPU needed. --devices "
+          'defaults to every device of the topology.'),
+      'max_batch': flags.DEFINE_bool(
+          'max_batch', False, 'Also find the largest global batch whose '
+          "compiled step fits each device's memory (on a GPU, the 75% JAX's "
+          'allocator takes), by a search over compiles from --batch_size.'),
       'fc_shards': flags.DEFINE_integer(
           'fc_shards', None, "Mode hybrid_2d: the fc axis, devices per host "
           "(default: one host's devices; needed with --analytical_only)."),
@@ -200,12 +224,21 @@ def main(argv: list[str], flag: cli.Flags) -> None:
                     len(devices) if devices else num_devices,
                     fc_shards or 1)
   net = comms.net_shape(spec)
-  measured = (None if analytical_only
-              else compiled.measure(config, config.mode, num_devices, batch,
-                                    devices, fc_shards))
+  runs = {}
+  if flag['max_batch'].value:
+    if analytical_only:
+      raise ValueError('--max_batch: needs compiles, not --analytical_only')
+    largest, runs = compiled.max_batch(config, config.mode, num_devices,
+                                       batch, devices, fc_shards)
+  measured = (None if analytical_only else runs.get(batch) or
+              compiled.measure(config, config.mode, num_devices, batch,
+                               devices, fc_shards))
   result = report(config.mode, num_devices, batch, net, measured,
                   fc_shards or 1)
-  if measured and measured.get('estimated_step_seconds') is None:
+  if flag['max_batch'].value:
+    result['max_global_batch'] = largest
+  if (measured and measured.get('estimated_step_seconds') is None
+      and 'projection' not in measured):
     result |= _plan_projection(config.mode, num_devices, batch, net,
                                measured.get('device_kind'))
   link, tflops = flag['link_gbps'].value, flag['device_tflops'].value

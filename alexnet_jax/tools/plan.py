@@ -10,7 +10,13 @@ Per mode and device count it prints one line
 (speedup against devices, one line per mode). Every figure is a projection.
 
 The model is `analysis.projection`; its docstring says what it counts and
-what it leaves out.
+what it leaves out. For a GPU preset whose GPU compiles here (its target
+description ships and `pip install -e '.[gpu_compile]'` is installed), each
+row whose devices fill whole nodes is the train step compiled for those
+nodes (`h100:2x8`): its FLOPs, parameter bytes and every compiled
+collective on NVLink or the network, with its peak memory per GPU; the
+other rows, and every row with --nocompile, are the preset's analytical
+terms. The table's `from` column and a line per row on stderr say which.
 """
 
 import dataclasses
@@ -23,10 +29,12 @@ from absl import flags
 
 from alexnet_jax import aot
 from alexnet_jax import cli
+from alexnet_jax import defaults
 from alexnet_jax import hardware
 from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.analysis import comms
+from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import figures
 from alexnet_jax.analysis import projection
 
@@ -65,7 +73,42 @@ def define_flags() -> cli.Flags:
           'step_batch', None, 'The batch of --step_seconds.'),
       'out': flags.DEFINE_string(
           'out', None, 'Write plan.md and plan.png into this directory.'),
+      'compile': flags.DEFINE_bool(
+          'compile', True, "Project GPU presets' rows from the train step "
+          'compiled for their nodes where it compiles here (the gpu_compile '
+          'extra); --nocompile: the analytical terms only.'),
   }
+
+
+def _compiled_rows(rows: list[projection.Row], hw: hardware.Hardware,
+                   variant: str, rate: float,
+                   fixed_batch: bool) -> list[projection.Row]:
+  """Each row projected from its train step compiled for `hw`'s GPU nodes
+  where one compiles, its speedup over one GPU compiled the same way (at
+  the row's per-device batch, or with `fixed_batch` its global batch)."""
+  config = defaults.get_config()
+  config.model.variant = variant
+  cache = {}
+
+  def project(mode, n, batch):
+    if (mode, n, batch) not in cache:
+      cache[mode, n, batch] = compiled.project_on_nodes(
+          config, 'single' if n == 1 else mode, n, batch, hw, rate)
+    return cache[mode, n, batch]
+
+  out = []
+  for r in rows:
+    got = project(r.mode, r.devices, r.batch)
+    one = got and project('single', 1,
+                          r.batch if fixed_batch else r.batch // r.devices)
+    if not got or not one:
+      out.append(r)
+      continue
+    out.append(dataclasses.replace(
+        r, step_s=got['step_s'], images_per_sec=got['images_per_sec'],
+        speedup=got['images_per_sec'] / one['images_per_sec'], parts=got,
+        source=f'compiled for {got["topology"]}'))
+  return out
 
 
 def main(argv, flag: dict[str, Any]) -> None:
@@ -80,7 +123,8 @@ def main(argv, flag: dict[str, Any]) -> None:
         step_variant=flag['variant'].value or hw.step_variant,
         sources=hw.sources + f' Overridden: one-device step '
         f'{flag["step_seconds"].value} s (--step_seconds).')
-  spec = models.VARIANTS[flag['variant'].value or hw.step_variant]
+  spec_variant = flag['variant'].value or hw.step_variant
+  spec = models.VARIANTS[spec_variant]
   modes = [m for m in flag['modes'].value.split(',') if m]
   for mode in modes:
     if mode not in parallel.MODES:
@@ -95,6 +139,11 @@ def main(argv, flag: dict[str, Any]) -> None:
     print(f'skipped: {reason}', file=sys.stderr)
   if not rows:
     raise ValueError('no valid (mode, devices) pair to project')
+  if flag['compile'].value:
+    rows = _compiled_rows(rows, hw, spec_variant, projection.device_rate(hw),
+                          bool(flag['global_batch'].value))
+  for r in rows:
+    print(f'source {r.mode} {r.devices}: {r.source}', file=sys.stderr)
   print('\n'.join(projection.lines(rows)))
   text = projection.markdown(rows, hw)
   print('\n' + text)
