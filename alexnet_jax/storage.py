@@ -2,13 +2,16 @@
 
 Every file the project reads or writes under a workdir or a data location
 goes through this module, so that a Cloud Storage bucket works wherever a
-local directory does. It is built on `tf.io.gfile`: TensorBoard's writer
-and tf.data's readers go through TensorFlow's filesystem layer anyway, so
-one client, one set of credentials and one retry policy carry every byte
-(etils.epath, which orbax uses, hands gs:// to the same layer when
-TensorFlow is installed). Two things do not go through it: orbax writes
-array data through tensorstore, and the workdir hold below needs object
-generation preconditions, which only google-cloud-storage offers.
+local directory does. Buckets go through `tf.io.gfile`: TensorBoard's
+writer and tf.data's readers go through TensorFlow's filesystem layer
+anyway, so one client, one set of credentials and one retry policy carry
+every byte (etils.epath, which orbax uses, hands gs:// to the same layer
+when TensorFlow is installed). Local paths go through the standard
+library, so that programs without TensorFlow (the GPU machines have none)
+still read and write their files. Two things do not go through this
+module: orbax writes array data through tensorstore, and the workdir hold
+below needs object generation preconditions, which only
+google-cloud-storage offers.
 
 A bucket has no rename and no append. So every write here replaces a whole
 file: locally through a temporary file and an atomic rename, on a bucket as
@@ -23,6 +26,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import glob as local_glob
 import io
 import json
 import os
@@ -100,24 +104,35 @@ def dirname(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-  return _io('exists', path)
+  if is_bucket(path):
+    return _io('exists', path)
+  return os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-  return _io('isdir', path)
+  if is_bucket(path):
+    return _io('isdir', path)
+  return os.path.isdir(path)
 
 
 def makedirs(path: str) -> None:
-  _io('makedirs', path)
+  if is_bucket(path):
+    _io('makedirs', path)
+  else:
+    os.makedirs(path, exist_ok=True)
 
 
 def listdir(path: str) -> list[str]:
   """Names in a directory (a bucket's directory entries lose their '/')."""
-  return sorted(name.rstrip('/') for name in _io('listdir', path))
+  if is_bucket(path):
+    return sorted(name.rstrip('/') for name in _io('listdir', path))
+  return sorted(os.listdir(path))
 
 
 def glob(pattern: str) -> list[str]:
-  return sorted(_io('glob', pattern))
+  if is_bucket(pattern):
+    return sorted(_io('glob', pattern))
+  return sorted(local_glob.glob(pattern))
 
 
 def subfolders(path: str) -> list[str]:
@@ -143,6 +158,9 @@ def files_in(path: str) -> list[str]:
 
 
 def read_bytes(path: str) -> bytes:
+  if not is_bucket(path):
+    with open(path, 'rb') as f:
+      return f.read()
   with _one_line_errors(path) as gfile, gfile.GFile(path, 'rb') as f:
     return f.read()
 
@@ -155,20 +173,17 @@ def write_bytes(path: str, data: bytes) -> None:
   """Replaces `path` whole: a reader sees the old content or the new one,
   never part of it."""
   if is_bucket(path):  # One object upload at close.
-    _write_and_close(path, data)
+    with _one_line_errors(path) as gfile, gfile.GFile(path, 'wb') as f:
+      f.write(data)
     return
   temporary = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
   try:
-    _write_and_close(temporary, data)
-    _io('rename', temporary, path, True)
+    with open(temporary, 'wb') as f:
+      f.write(data)
+    os.replace(temporary, path)
   finally:
-    if exists(temporary):
-      remove(temporary)
-
-
-def _write_and_close(path: str, data: bytes) -> None:
-  with _one_line_errors(path) as gfile, gfile.GFile(path, 'wb') as f:
-    f.write(data)
+    if os.path.exists(temporary):
+      os.remove(temporary)
 
 
 def write_text(path: str, text: str) -> None:
@@ -193,17 +208,26 @@ def write_json(path: str, value: Any) -> None:
 
 
 def remove(path: str) -> None:
-  _io('remove', path)
+  if is_bucket(path):
+    _io('remove', path)
+  else:
+    os.remove(path)
 
 
 def rmtree(path: str) -> None:
-  _io('rmtree', path)
+  if is_bucket(path):
+    _io('rmtree', path)
+  else:
+    shutil.rmtree(path)
 
 
 def rename(source: str, target: str) -> None:
-  """Moves a file or a directory. On a bucket this copies every object
+  """Moves a file or a directory. In a bucket this copies every object
   and then deletes the originals: not atomic, so only for moving aside."""
-  if not (is_bucket(source) and isdir(source)):
+  if not is_bucket(source):
+    os.rename(source, target)
+    return
+  if not isdir(source):
     _io('rename', source, target, False)
     return
   with _one_line_errors(source) as gfile:
@@ -220,11 +244,16 @@ def copy_tree(source: str, target: str) -> None:
     destination = join(target, os.path.relpath(root, source))
     makedirs(destination)
     for name in names:
-      _io('copy', os.path.join(root, name), join(destination, name), True)
+      if is_bucket(target):
+        _io('copy', os.path.join(root, name), join(destination, name), True)
+      else:
+        shutil.copyfile(os.path.join(root, name), join(destination, name))
 
 
 def size(path: str) -> int:
-  return _io('stat', path).length
+  if is_bucket(path):
+    return _io('stat', path).length
+  return os.path.getsize(path)
 
 
 def free_bytes(path: str) -> int | None:

@@ -7,12 +7,13 @@ r"""Measures how long a checkpoint save stalls the train loop, at a location.
 
 Runs the real train step on a device-resident batch and saves a training
 checkpoint (parameters, optimizer state, progress) every `--steps_between`
-steps, as the trainer does. Saves are asynchronous: the loop waits only for
-the previous save to finish and for the arrays to be copied to the host,
-then goes on while orbax writes. `save_stall_seconds` is the median time
-the loop spent in a save call; `save_seconds` the median time from a save's
-start until it was complete at the location (measured on the last save,
-waited for). The location's checkpoints are deleted afterwards.
+steps, as the trainer does. Saves are asynchronous: the loop waits for the
+arrays to be copied to the host, then goes on while orbax writes (and at
+the next save, for this one to finish: here each save starts after the
+previous one is done, as in training, where saves are far apart).
+`save_stall_seconds` is the median time the loop spent in a save call;
+`save_seconds` the time from a save's start until it was complete at the
+location (the last save, waited for). The location's checkpoints are deleted afterwards.
 """
 
 import statistics
@@ -41,6 +42,8 @@ def time_saves(config, location: str, saves: int,
     for i in range(1, saves + 1):
       for _ in range(steps_between):
         step()
+      # As in training, where saves are far apart: the previous one is done.
+      checkpoint.wait_until_finished(mngr)
       begin = time.perf_counter()
       checkpoint.save(mngr, i, params=step.state.params,
                       opt_state=step.state.opt_state, meta=meta,

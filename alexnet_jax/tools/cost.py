@@ -27,7 +27,6 @@ step, as `analysis.comms` defines them.
 """
 
 import dataclasses
-import json
 from typing import Any
 
 from absl import app
@@ -37,6 +36,7 @@ from alexnet_jax import aot
 from alexnet_jax import cli
 from alexnet_jax import hardware
 from alexnet_jax import parallel
+from alexnet_jax import storage
 from alexnet_jax.analysis import comms
 from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import projection
@@ -249,8 +249,8 @@ def main(argv: list[str], flag: cli.Flags) -> None:
         tflops) | {'link_gbps': link, 'device_tflops': tflops}
   print(format_report(result))
   if flag['json_out'].value:
-    with open(flag['json_out'].value, 'w') as f:
-      json.dump(result, f, indent=2)
+    storage.write_json(storage.check_location(flag['json_out'].value,
+                                              '--json_out'), result)
 
 
 if __name__ == '__main__':
