@@ -8,13 +8,18 @@ import os
 import shutil
 import subprocess
 
+from etils import epath
 import jax
 import numpy as np
 import pytest
-from etils import epath
 
-from alexnet_jax import checkpoint, train
-from test_train import _final_params, _main_cmd, _subprocess_overrides, REPO
+from alexnet_jax import checkpoint
+from alexnet_jax import train
+
+from test_train import _final_params
+from test_train import _main_cmd
+from test_train import _subprocess_overrides
+from test_train import REPO
 
 STEPS = 6  # Checkpoints at 2, 4 and 6.
 

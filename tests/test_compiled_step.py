@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax import defaults
-from alexnet_jax import optim, parallel, train
+from alexnet_jax import optim
+from alexnet_jax import parallel
 from alexnet_jax import steps
+from alexnet_jax import train
 from alexnet_jax.analysis import hlo
 from alexnet_jax.data import device
 

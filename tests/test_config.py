@@ -14,6 +14,7 @@ import pytest
 from alexnet_jax import cli
 from alexnet_jax import defaults
 from alexnet_jax import models
+
 import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -29,6 +29,7 @@ from alexnet_jax import parallel
 from alexnet_jax import pretrained
 from alexnet_jax import train
 from alexnet_jax.analysis import inference
+
 import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +155,8 @@ def test_torchvision_conversion_matches_torch_logits(torchvision_files):
 
 def test_ours_to_torchvision_and_back_is_exact(torchvision_files):
   _, _, (params, spec, _) = torchvision_files
-  back = pretrained.from_torchvision(pretrained.to_torchvision(params, spec), spec)
+  back = pretrained.from_torchvision(pretrained.to_torchvision(params, spec),
+                                    spec)
   jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
@@ -551,7 +553,8 @@ def test_predict_cli_uses_the_checkpoints_conventions(small_caffe_checkpoint,
   batch = rng.uniform(-100, 100, (3, 227, 227, 3)).astype(np.float32)
   np.save(tmp_path / 'b.npy', batch)
   run = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.tools.predict', f'--checkpoint={ckpt}',
+      [sys.executable, '-m', 'alexnet_jax.tools.predict',
+       f'--checkpoint={ckpt}',
        f'--out={tmp_path / "out.npz"}', str(tmp_path / 'b.npy'),
        str(tmp_path / 'a.png')],
       cwd=REPO, capture_output=True, text=True, check=True)

@@ -62,7 +62,8 @@ def test_paper_tower_exchange_is_the_spec_figure():
   assert backward == 128 * per_image
   assert forward == 128 * (per_image + 500 * 4)  # And the logits.
   data = comms.total_bytes(comms.analytical_terms('data', 2, 128, net))
-  assert 7.5 < data / (forward + backward) < 8.0  # docs/paper.md: "about 8 times".
+  # docs/paper.md: "about 8 times".
+  assert 7.5 < data / (forward + backward) < 8.0
   assert net.macs == 724_406_816
 
 

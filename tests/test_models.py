@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import defaults
-from alexnet_jax import models, parallel
+from alexnet_jax import models
+from alexnet_jax import parallel
 
 # docs/paper.md, Architecture.
 PAPER_LAYER_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120,

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import models, parallel
+from alexnet_jax import models
+from alexnet_jax import parallel
 from alexnet_jax.analysis import hlo
 from alexnet_jax.data import device
 

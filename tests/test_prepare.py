@@ -17,7 +17,10 @@ from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
 from alexnet_jax.data import prepare
 from alexnet_jax.data import sources
-from data_config import CROP, RESIZE, small_data_config
+
+from data_config import CROP
+from data_config import RESIZE
+from data_config import small_data_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _config = small_data_config
@@ -276,6 +279,7 @@ def _steps(workdir):
 def _params(config, workdir):
   """The latest checkpoint's step and parameters, on one device."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))

@@ -163,7 +163,8 @@ def test_unusable_out_is_a_clear_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
   result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.tools.profile', '--config=configs/demo.py',
+      [sys.executable, '-m', 'alexnet_jax.tools.profile',
+       '--config=configs/demo.py',
        f'--out={blocker}/trace'], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(

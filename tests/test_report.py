@@ -125,7 +125,8 @@ def test_scaling_study_names_winners_crossovers_and_compiled_slices(
   assert text == out.stdout.rstrip('\n') + '\n'
   assert text.count('Projected, not measured') == 2
   gpus, tpus = text.split('## tpu_v5e')
-  rows = [l.split(' | ') for l in gpus.splitlines() if l.startswith('| 2 |')]
+  rows = [line.split(' | ') for line in gpus.splitlines()
+          if line.startswith('| 2 |')]
   # Two devices: every mode runs, and one of them is named the winner.
   assert rows[0][-1].rstrip(' |') in ('data', 'tower', 'data_tower',
                                       'hybrid', 'hybrid_2d')
@@ -133,13 +134,15 @@ def test_scaling_study_names_winners_crossovers_and_compiled_slices(
   assert '| 128 |' not in gpus and '| 256 |' in tpus
   # The compiled slice: its bytes beside the model's, and the projected
   # images/s of the same mode, chips and batch.
-  row = next(l for l in tpus.splitlines() if l.startswith('| data_tower |'))
+  row = next(line for line in tpus.splitlines()
+             if line.startswith('| data_tower |'))
   assert row.startswith('| data_tower | 16 | 4 | 2048 | 3.0; 4.0 | 1.00 | '
                         '6.2% | ')
   # 2048 images on 16 chips is 128 per chip: the per-device-batch table's
   # data_tower cell at 16 chips.
-  per_chip = next(l for l in tpus.split('### Fixed global')[0].splitlines()
-                  if l.startswith('| 16 |'))
+  per_chip = next(line for line
+                  in tpus.split('### Fixed global')[0].splitlines()
+                  if line.startswith('| 16 |'))
   assert row.split(' | ')[-1].rstrip(' |') == (
       per_chip.split(' | ')[3].strip('*'))
   for hw in ('owt_k20', 'tpu_v5e'):

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import train
+
 import experiment_config
 
 NODE = socket.gethostname().split('.')[0]
@@ -74,7 +75,8 @@ def _submit(config, workdir) -> str:
        '--job-name=alexnet_jax_test', f'--output={workdir}.out', SBATCH,
        os.path.join(REPO, 'configs', 'demo.py'), str(workdir),
        *experiment_config.overrides(config)],
-      env=experiment_config.subprocess_env(), capture_output=True, text=True, timeout=60, check=True)
+      env=experiment_config.subprocess_env(), capture_output=True, text=True,
+      timeout=60, check=True)
   return result.stdout.strip().split(';')[0]
 
 

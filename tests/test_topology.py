@@ -14,7 +14,8 @@ import pytest
 
 from alexnet_jax import aot
 from alexnet_jax import hardware
-from alexnet_jax import models, parallel
+from alexnet_jax import models
+from alexnet_jax import parallel
 from alexnet_jax.analysis import comms
 from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import hlo
@@ -105,11 +106,11 @@ def test_compiled_step_on_the_slice(data_tower_on_slice):
   assert '  axis tower (size 2): physical dimension x, within a host' in lines
   # The tower exchange (all-gathers of groups of 2) never leaves a host; the
   # gradient all-reduce over the data axis spans both hosts.
-  gathers = [l for l in lines if 'all-gather' in l]
-  assert gathers and all('groups of 2' in l and 'within a host' in l
-                         for l in gathers)
-  assert any('all-reduce' in l and 'groups of 4' in l and 'across 2 hosts'
-             in l for l in lines)
+  gathers = [line for line in lines if 'all-gather' in line]
+  assert gathers and all('groups of 2' in line and 'within a host' in line
+                         for line in gathers)
+  assert any('all-reduce' in line and 'groups of 4' in line
+             and 'across 2 hosts' in line for line in lines)
   assert lines[-1].endswith(': fits')
 
 
@@ -136,10 +137,11 @@ def test_main_dry_run_compiles_and_exits_without_a_workdir():
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   assert lines[0].startswith('dry run: mode data, 2 of ')
-  assert any(l.startswith("mesh {'data': 2}") for l in lines)
-  assert any('all-reduce' in l and 'within a host' in l for l in lines)
+  assert any(line.startswith("mesh {'data': 2}") for line in lines)
+  assert any('all-reduce' in line and 'within a host' in line for line in lines)
   # One eval step gives both protocols from one batch of base images.
-  assert any(l.startswith('eval step (centre crop + 10 crops') for l in lines)
+  assert any(line.startswith('eval step (centre crop + 10 crops')
+             for line in lines)
 
 
 def test_main_dry_run_rejects_a_mesh_the_batch_cannot_fill():

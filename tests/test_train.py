@@ -11,8 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, parallel, train
+from alexnet_jax import checkpoint
+from alexnet_jax import parallel
 from alexnet_jax import steps
+from alexnet_jax import train
 from alexnet_jax.data import device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -159,8 +159,8 @@ def test_cli_writes_the_figures_and_prints_scores(tiny_run, tmp_path):
       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
       check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  line, = [l for l in result.stdout.splitlines()
-           if l.startswith('color_specificity ')]
+  line, = [out for out in result.stdout.splitlines()
+           if out.startswith('color_specificity ')]
   scores = [float(v) for v in line.split()[1:]]
   logged = _tensorboard_values(workdir)
   np.testing.assert_allclose(

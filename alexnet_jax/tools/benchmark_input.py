@@ -15,8 +15,8 @@ printed, and with the images per CPU-second of this process.
 `--imagenet_like=N` writes N ImageNet-sized JPEGs (500x375, ~110 KB) in the
 folder layout (into --data_dir, reused if it already holds them, else a
 temporary folder) and reads them raw, or with `--prepare` from a prepared
-copy of them (`alexnet_jax.tools.prepare`, written beside them). `--stages` shows
-where the time goes: reading (and checking) the bytes, decoding, the base
+copy of them (`alexnet_jax.tools.prepare`, written beside them). `--stages`
+shows where the time goes: reading (and checking) the bytes, decoding, the base
 image, the whole training transform. `--resume` times the first batch after
 restoring the worst position of an epoch against the first of a fresh start.
 """

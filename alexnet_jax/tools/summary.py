@@ -5,7 +5,6 @@
 
 from typing import Any
 
-
 from alexnet_jax import cli
 from alexnet_jax import models
 from alexnet_jax import parallel
