@@ -44,7 +44,8 @@ def trace_steps(step: Callable[[], None], steps: int,
 class TrainCapture:
   """Traces the train steps after step `start` up to step `end` of a run
   (`config.profile_steps`), on every process, without touching its state:
-  it only waits for the devices at the window's two edges."""
+  it only waits for the devices at the window's two edges. Use it as a
+  context around the steps."""
 
   def __init__(self, window: tuple[int, int] | None, log_dir: str,
                json_path: str | None, run: dict[str, Any],
@@ -53,6 +54,16 @@ class TrainCapture:
     self.run = run  # Written to profile.json beside the figures.
     self.on_profiled = on_profiled
     self.tracing = False
+
+  def __enter__(self) -> 'TrainCapture':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    """Stops a trace that a raising step left running, so the profiler is
+    free again; that partial trace is written but not analysed."""
+    if self.tracing:
+      self.tracing = False
+      jax.profiler.stop_trace()
 
   @classmethod
   def from_config(cls, config: Any, workdir: str, tensorboard_dir: str,

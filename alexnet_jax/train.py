@@ -307,7 +307,7 @@ class _Run:
     self.progress = logs.Progress(first_step, num_steps)
     profiler = capture.TrainCapture.from_config(
         config, self.workdir, self.writer.tensorboard_dir, self.on_profiled)
-    with _StopRequest(self.strategy) as stop, batches:
+    with _StopRequest(self.strategy) as stop, batches, profiler:
       for step in range(first_step, num_steps):
         learning_rate = self.policy(step)
         self._step(step, batches, train_step, learning_rate, dropout_rng)

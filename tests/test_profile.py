@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from alexnet_jax import capture
@@ -147,6 +148,22 @@ def test_bad_window_is_a_clear_error(tiny_config_factory, tmp_path, window):
   config = tiny_config_factory(profile_steps=window)
   with pytest.raises(ValueError, match='config.profile_steps'):
     capture.TrainCapture.from_config(config, str(tmp_path), str(tmp_path))
+
+
+def test_a_step_raising_inside_the_window_stops_the_trace(
+    tiny_config_factory, tmp_path):
+  config = tiny_config_factory(profile_steps=(1, 3))
+  profiler = capture.TrainCapture.from_config(config, str(tmp_path),
+                                              str(tmp_path / 'tb'))
+  with pytest.raises(FloatingPointError):
+    with profiler:
+      profiler.step(1, jax.numpy.zeros(2), num_steps=4)
+      assert profiler.tracing
+      raise FloatingPointError('a step failed inside the window')
+  assert not profiler.tracing
+  # The profiler is free: a second trace starts (one running would refuse).
+  jax.profiler.start_trace(str(tmp_path / 'next'))
+  jax.profiler.stop_trace()
 
 
 def test_command_prints_the_split(tmp_path):
