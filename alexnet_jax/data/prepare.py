@@ -162,8 +162,10 @@ def _task(listing: _Listing, out: str, settings: Settings, split: str,
 
 
 def _init_worker() -> None:
-  """One thread per worker process: the processes use the cores."""
+  """One thread per worker process: the processes use the cores; and no
+  GPU, as in the tool that starts them (`cli.hide_gpus_from_tensorflow`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
 

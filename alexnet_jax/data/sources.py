@@ -31,8 +31,6 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax.data import synthetic
 
-tf.config.set_visible_devices([], 'GPU')
-
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
