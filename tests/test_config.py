@@ -46,8 +46,8 @@ NON_DEFAULT = {
 
 
 def _parse_config(args: list[str]) -> ml_collections.ConfigDict:
-  """configs/default.py with `args` applied as the entry points parse them."""
-  argv = ['prog', f'--config={REPO}/configs/default.py', *args]
+  """configs/two_tower.py with `args` applied as the entry points parse them."""
+  argv = ['prog', f'--config={REPO}/configs/two_tower.py', *args]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv,
                                   lock_config=True)
@@ -127,7 +127,7 @@ def test_every_experiment_file_loads_by_path_with_the_default_fields(
   names = sorted(str(path.relative_to(experiment_config.CONFIGS))[:-3]
                  for path in pathlib.Path(experiment_config.CONFIGS).rglob(
                      '*.py'))
-  assert {'default', 'two_tower', 'demo', 'ablations/no_lrn'} <= set(names)
+  assert {'two_tower', 'demo', 'ablations/no_lrn'} <= set(names)
   fields = _flat_keys(defaults.get_config())
   for name in names:
     assert _flat_keys(experiment_config.load(name)) == fields, name

@@ -159,7 +159,7 @@ def _run_prepare(tmp_path, image, **_):
     for label in ('a', 'b'):
       os.makedirs(root / split / label)
       os.link(image, root / split / label / '0.png')
-  return _tool('prepare', f'--config={REPO}/configs/default.py',
+  return _tool('prepare', f'--config={REPO}/configs/two_tower.py',
                f'--config.dataset=folder:{root}',
                '--config.input.resize_size=40', f'--out={tmp_path / "out"}',
                '--workers=1')

@@ -235,7 +235,7 @@ def test_prepare_resumes_after_being_killed(tmp_path, capsys):
         _smooth_image(rng, 1000, 1200).save(root / split / name / f'{i}.jpg')
   out = tmp_path / 'out'
   command = [sys.executable, '-m', 'alexnet_jax.tools.prepare',
-             f'--config={REPO}/configs/default.py', f'--out={out}',
+             f'--config={REPO}/configs/two_tower.py', f'--out={out}',
              f'--config.dataset=folder:{root}',
              f'--config.input.resize_size={RESIZE}', '--examples_per_shard=1',
              '--workers=1']

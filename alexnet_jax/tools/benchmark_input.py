@@ -1,8 +1,8 @@
 r"""Measures the training input pipeline's throughput on this machine.
 
-  python -m alexnet_jax.tools.benchmark_input --config=configs/default.py \
+  python -m alexnet_jax.tools.benchmark_input --config=configs/two_tower.py \
       --config.dataset=SOURCE [--batches=N] [--stages]
-  python -m alexnet_jax.tools.benchmark_input --config=configs/default.py \
+  python -m alexnet_jax.tools.benchmark_input --config=configs/two_tower.py \
       --imagenet_like=2000 [--prepare] [--data_dir=DIR]
 
 Times the training iterator: host batches ready for the device (uint8

@@ -1,6 +1,6 @@
 r"""Stores a dataset's base images once, as JPEGs in a few large shard files.
 
-  python -m alexnet_jax.tools.prepare --config=configs/default.py --out=DIR \
+  python -m alexnet_jax.tools.prepare --config=configs/two_tower.py --out=DIR \
       [--config.dataset=folder:ROOT] [--quality=90] [--workers=N] \
       [--process_index=i --process_count=P]
 
