@@ -418,9 +418,9 @@ class _Window:
     if not math.isfinite(values['train/loss']):
       checkpoint.wait_until_finished(mngr)
       raise FloatingPointError(
-          f'non-finite training loss ({values["train/loss"]}) at step {step};'
-          f' stopped. The latest checkpoint (step {mngr.latest_step()}) holds'
-          ' the last good parameters.')
+          f'non-finite training loss ({values["train/loss"]}) at step '
+          f'{step + 1}; stopped. The latest checkpoint (step '
+          f'{mngr.latest_step()}) holds the last good parameters.')
     for k, v in values.items():
       self.sums[k] = self.sums.get(k, 0.0) + v
     self.steps += 1
