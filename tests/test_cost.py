@@ -84,7 +84,11 @@ def test_cli_plans_past_the_devices_we_have():
       check=True).stdout.splitlines()
   assert out[-2].startswith('collective_bytes_per_step ')
   assert out[-1] == 'param_bytes_per_device 243860896'
+  # Ring all-reduce of every gradient (2 x 63/64 of it), the float32 logits
+  # of 8192 images x 1000 classes gathered for top-k (63/64 of them) and the
+  # all-reduce of the 3 metric means.
   params = 60_965_224 * 4
-  got = int(out[-2].split()[1])
-  assert got > 2 * 63 / 64 * params  # The gradients and the metrics.
+  expected = (2 * 63 / 64 * params + 63 / 64 * 8192 * 1000 * 4
+              + 2 * 63 / 64 * 3 * 4)
+  assert out[-2] == f'collective_bytes_per_step {round(expected)}'
   assert any('communication' in line for line in out)
