@@ -184,13 +184,19 @@ def small_disk(tmp_path):
   """A `checkpoints` directory on a 800 KiB tmpfs: one tiny step fits.
 
   Falls back to reporting that little free space when mounting is not
-  permitted here (it needs root, which CI has).
+  permitted here (it needs root), except where ALEXNET_JAX_REQUIRE_TMPFS=1
+  says a real full disk is expected (`.ci/run` as root sets it): there the
+  test fails instead.
   """
   mount_point = tmp_path / 'checkpoints'
   mount_point.mkdir()
-  mounted = subprocess.run(
+  mount = subprocess.run(
       ['mount', '-t', 'tmpfs', '-o', 'size=800k', 'tmpfs', str(mount_point)],
-      capture_output=True, check=False).returncode == 0
+      capture_output=True, text=True, check=False)
+  mounted = mount.returncode == 0
+  if not mounted and os.environ.get('ALEXNET_JAX_REQUIRE_TMPFS'):
+    pytest.fail('ALEXNET_JAX_REQUIRE_TMPFS is set but a tmpfs could not be '
+                f'mounted: {mount.stderr.strip()}')
   yield mounted
   if mounted:
     subprocess.run(['umount', str(mount_point)], check=True)
