@@ -18,6 +18,8 @@ from alexnet_jax import steps
 from alexnet_jax import train
 from alexnet_jax.data import device
 
+import experiment_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ('train/loss', 'train/top1_error', 'train/top5_error',
            'train/learning_rate', 'perf/images_per_sec', 'perf/step_time',
@@ -279,6 +281,31 @@ def test_eval_only_restores_onto_another_mode(tiny_config_factory, tmp_path):
   result = train.evaluate_checkpoint(other, str(tmp_path / 'run'))
   for key in ('eval/top1_error', 'eval/top5_error', 'eval/top1_error_10crop'):
     assert result[key] == pytest.approx(trained[key], abs=1e-6)
+
+
+def test_eval_only_from_the_command_line(tiny_config_factory, tmp_path,
+                                        two_good_steps):
+  """`main --eval_only --checkpoint=STEP_DIR` on another mode gives the
+  evaluation the training run logged at that step, and logs it."""
+  good, _ = two_good_steps
+  trained = [line for line in _lines(good) if 'eval/top1_error' in line]
+  assert [line['step'] for line in trained] == [2]
+  config = tiny_config_factory(mode='data', num_devices=2)
+  step_dir = good / 'checkpoints' / '2'
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main',
+       f'--config={REPO}/configs/demo.py', '--eval_only',
+       f'--checkpoint={step_dir}', f'--workdir={tmp_path}',
+       *experiment_config.overrides(config)],
+      env=experiment_config.subprocess_env(), capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  last = result.stdout.strip().splitlines()[-1]
+  assert last.startswith(f'checkpoint {good}/checkpoints/2: '), last
+  logged, = _lines(tmp_path)
+  assert logged['step'] == 2
+  for key in ('eval/top1_error', 'eval/top5_error', 'eval/num_examples'):
+    assert logged[key] == pytest.approx(trained[0][key], abs=1e-6), key
+    assert f'{key} {logged[key]}' in last
 
 
 def test_incompatible_checkpoint_is_refused(tiny_config_factory, tmp_path):
