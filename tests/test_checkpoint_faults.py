@@ -21,6 +21,8 @@ from test_train import _main_cmd
 from test_train import _subprocess_overrides
 from test_train import REPO
 
+pytestmark = pytest.mark.slow
+
 STEPS = 6  # Checkpoints at 2, 4 and 6.
 
 

@@ -93,6 +93,7 @@ def test_unknown_key_names_the_key_and_the_closest_one(path, message):
   assert cli.unknown_key(_config(), path) == message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module,args', [
     ('main', ['--workdir=unused']), ('tools.summary', [])])
 def test_misspelt_override_is_one_line_from_the_entry_points(module, args):

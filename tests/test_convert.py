@@ -141,6 +141,7 @@ def torchvision_files(tmp_path_factory):
   return module, ckpt, checkpoint.load_params(ckpt)
 
 
+@pytest.mark.slow
 def test_torchvision_conversion_matches_torch_logits(torchvision_files):
   torch = _torch()
   module, _, (params, spec, meta) = torchvision_files
@@ -153,6 +154,7 @@ def test_torchvision_conversion_matches_torch_logits(torchvision_files):
                        _torch_logits(torch, module, images))
 
 
+@pytest.mark.slow
 def test_ours_to_torchvision_and_back_is_exact(torchvision_files):
   _, _, (params, spec, _) = torchvision_files
   back = pretrained.from_torchvision(pretrained.to_torchvision(params, spec),
@@ -160,6 +162,7 @@ def test_ours_to_torchvision_and_back_is_exact(torchvision_files):
   jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
+@pytest.mark.slow
 def test_to_torchvision_cli_writes_the_original_file(torchvision_files,
                                                      tmp_path):
   """torchvision -> checkpoint -> torchvision gives back the same tensors,
@@ -278,6 +281,7 @@ def caffe_files(tmp_path_factory):
   return blobs, ckpt, checkpoint.load_params(ckpt)
 
 
+@pytest.mark.slow
 def test_caffe_conversion_matches_caffe_semantics(caffe_files):
   torch = _torch()
   blobs, _, (params, spec, _) = caffe_files
@@ -290,6 +294,7 @@ def test_caffe_conversion_matches_caffe_semantics(caffe_files):
   _assert_logits_close(_logits(params, spec, images), theirs)
 
 
+@pytest.mark.slow
 def test_caffe_tensorflow_layout_file_gives_the_same_params(caffe_files,
                                                             tmp_path):
   blobs, _, (params, spec, _) = caffe_files
@@ -300,6 +305,7 @@ def test_caffe_tensorflow_layout_file_gives_the_same_params(caffe_files,
   jax.tree.map(np.testing.assert_array_equal, from_tf, params)
 
 
+@pytest.mark.slow
 def test_caffe_checkpoint_restores_with_its_conventions(caffe_files):
   _, ckpt, _ = caffe_files
   config = experiment_config.load('pretrained_caffe')
@@ -405,6 +411,7 @@ def test_hostile_caffe_file_is_refused_before_its_payload_runs(
   assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_hostile_caffe_file_is_refused_by_the_cli(tmp_path):
   marker = tmp_path / 'payload_ran'
   np.save(tmp_path / 'evil.npy', _hostile_blobs('layer', marker),
@@ -453,6 +460,7 @@ def test_fine_tuned_caffe_model_is_refused():
     pretrained.from_caffe(blobs, models.VARIANTS['caffe'])
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_runs_in_eval_only_mode(caffe_files, tmp_path):
   """train.evaluate_checkpoint restores it and evaluates a tiny folder set."""
   _, ckpt, _ = caffe_files
@@ -473,6 +481,7 @@ def test_converted_checkpoint_runs_in_eval_only_mode(caffe_files, tmp_path):
   assert 0.0 <= results['eval/top1_error'] <= 1.0
 
 
+@pytest.mark.slow
 def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
   blobs = {'conv1': [np.zeros(CAFFE_SHAPES['conv1']), np.zeros(96)]}
   np.save(tmp_path / 'bad.npy', blobs, allow_pickle=True)
@@ -491,6 +500,7 @@ def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
 # The PyTorch mirror (alexnet_jax/torch_reference.py).
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', ['paper', 'caffe', 'owt'])
 def test_torch_mirror_computes_our_function(variant):
   torch = _torch()
@@ -541,6 +551,7 @@ def small_caffe_checkpoint(tmp_path_factory):
   return params, spec, ckpt
 
 
+@pytest.mark.slow
 def test_predict_cli_uses_the_checkpoints_conventions(small_caffe_checkpoint,
                                                       tmp_path):
   params, spec, ckpt = small_caffe_checkpoint

@@ -18,6 +18,7 @@ from alexnet_jax.tools import cost
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode,devices,batch,fc_shards', [
     ('tower', 2, 8, None), ('data', 2, 8, None), ('hybrid', 2, 8, None),
     ('data_tower', 4, 8, None), ('single', 1, 8, None),
@@ -74,6 +75,7 @@ def test_received_bytes_use_ring_factors():
   assert comms.received_bytes('all-reduce', 800, 1) == 0
 
 
+@pytest.mark.slow
 def test_cli_plans_past_the_devices_we_have():
   out = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.tools.cost',

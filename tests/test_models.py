@@ -242,6 +242,7 @@ def test_unknown_model_field_is_rejected():
     models.spec_from_config(config)
 
 
+@pytest.mark.slow
 def test_summary_cli_prints_exact_totals():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(

@@ -21,6 +21,8 @@ from alexnet_jax import train
 
 import experiment_config
 
+pytestmark = pytest.mark.multiprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch', 'local_multiprocess.sh')
 

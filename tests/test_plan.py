@@ -75,6 +75,7 @@ def test_gradients_hide_under_the_backward_pass_until_the_network(owt_net):
   assert across['images_per_sec'] < 2 * within['images_per_sec']
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_per_row_a_table_and_a_plot(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.tools.plan', '--hardware=owt_k20',
@@ -93,6 +94,7 @@ def test_cli_prints_one_line_per_row_a_table_and_a_plot(tmp_path):
   assert '![speedup](plan.png)' in (tmp_path / 'plan.md').read_text()
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_bad_device_list():
   out = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.tools.plan', '--hardware=owt_k20',

@@ -21,6 +21,8 @@ import experiment_config
 import test_multiprocess
 import test_train
 
+pytestmark = pytest.mark.multiprocess
+
 REPO = test_multiprocess.REPO
 BOUND = 10  # --lost_process_timeout, seconds.
 

@@ -224,6 +224,7 @@ def _marker_files(out):
   return sorted(f for f in os.listdir(out) if f.endswith('.tfrecord.json'))
 
 
+@pytest.mark.slow
 def test_prepare_resumes_after_being_killed(tmp_path, capsys):
   rng = np.random.default_rng(2)
   root = tmp_path / 'src'
@@ -291,6 +292,7 @@ def _params(config, workdir):
   return mngr.latest_step(), jax.tree.leaves(restored['params'])
 
 
+@pytest.mark.slow
 def test_training_on_prepared_data_resumes_exactly_after_sigkill(
     tiny_config_factory, tmp_path):
   config = tiny_config_factory()

@@ -38,6 +38,7 @@ def tower(tiny_config_factory, tmp_path_factory):
   return _traced(config, tmp_path_factory.mktemp('tower'))
 
 
+@pytest.mark.slow
 def test_tower_finds_the_exchange_collectives(tower):
   figures, text, _, ops = tower
   compiled = hlo.collectives(text)
@@ -55,6 +56,7 @@ def test_tower_finds_the_exchange_collectives(tower):
   assert 0 < figures['collective_seconds'] <= figures['step_seconds']
 
 
+@pytest.mark.slow
 def test_bytes_are_the_exchanges_by_hand(tower):
   # The tiny net on 8 images, float32, one tower per device. Per tower and
   # image: pool2 3x3x16, pool5 1x1x16, fc6 and fc7 32 each, 2 of the 4
@@ -69,6 +71,7 @@ def test_bytes_are_the_exchanges_by_hand(tower):
               'reduce-scatter': (4, sum(halves))}  # 7168
 
 
+@pytest.mark.slow
 def test_fractions_are_shares_of_the_step(tower):
   figures = tower[0]
   assert 0 <= figures['exposed_collective_fraction'] <= 1
@@ -77,6 +80,7 @@ def test_fractions_are_shares_of_the_step(tower):
     assert 0 <= row['exposed_seconds'] <= row['collective_seconds']
 
 
+@pytest.mark.slow
 def test_trace_is_where_tensorboard_reads_it(tower):
   trace = tower[2]
   assert re.search(r'plugins/profile/[^/]+/[^/]+\.xplane\.pb$', trace)
@@ -86,6 +90,7 @@ def test_trace_is_where_tensorboard_reads_it(tower):
     assert json.load(f)['traceEvents']
 
 
+@pytest.mark.slow
 def test_one_device_has_no_collectives(tiny_config_factory, tmp_path):
   config = tiny_config_factory(mode='single', num_devices=1)
   figures = _traced(config, tmp_path, num_steps=1)[0]
@@ -124,6 +129,7 @@ def _losses(workdir):
             for line in map(json.loads, f) if 'train/loss' in line]
 
 
+@pytest.mark.slow
 def test_training_capture_leaves_the_losses_unchanged(tiny_config_factory,
                                                       tmp_path):
   plain = tiny_config_factory(mode='tower', num_devices=2)
@@ -166,6 +172,7 @@ def test_a_step_raising_inside_the_window_stops_the_trace(
   jax.profiler.stop_trace()
 
 
+@pytest.mark.slow
 def test_command_prints_the_split(tmp_path):
   out = tmp_path / 'trace'
   result = subprocess.run(
@@ -182,6 +189,7 @@ def test_command_prints_the_split(tmp_path):
     assert json.load(f)['mode'] == 'tower'
 
 
+@pytest.mark.slow
 def test_unusable_out_is_a_clear_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from alexnet_jax import hardware
 from alexnet_jax.analysis import projection
 from alexnet_jax.tools import report
@@ -89,6 +91,7 @@ def test_profiled_runs_sit_beside_cost_and_plan(tmp_path):
   assert rows['| gpu'][-2] == '-'
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
   run = _workdir(tmp_path / 'r', 'single', 1, [0.5], [10])
   subprocess.run([sys.executable, '-m', 'alexnet_jax.tools.report', run,
@@ -115,6 +118,7 @@ def _scaling(tmp_path, *flags):
       text=True)
 
 
+@pytest.mark.slow
 def test_scaling_study_names_winners_crossovers_and_compiled_slices(
     tmp_path):
   compiled = _compiled_slice(tmp_path / 'slice.json')
@@ -155,6 +159,7 @@ def test_scaling_study_names_winners_crossovers_and_compiled_slices(
     assert png.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_compiled_slices_need_a_tpu_preset(tmp_path):
   compiled = _compiled_slice(tmp_path / 'slice.json')
   out = _scaling(tmp_path / 'study', '--scaling=owt_k20',

@@ -27,6 +27,8 @@ from alexnet_jax import train
 
 import experiment_config
 
+pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
+
 NODE = socket.gethostname().split('.')[0]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBATCH = os.path.join(REPO, 'launch', 'slurm_gpu.sbatch')

@@ -93,6 +93,7 @@ def test_replica_groups_in_every_hlo_form():
       [0, 1, 2]]
 
 
+@pytest.mark.slow
 def test_compiled_step_on_the_slice(data_tower_on_slice):
   config, measured = data_tower_on_slice
   net = comms.net_shape(models.spec_from_config(config.model))
@@ -123,6 +124,7 @@ def test_process_without_mesh_devices_gets_a_config_error(
     strategy.process_batch_shard()
 
 
+@pytest.mark.slow
 def test_cost_cli_names_a_bad_topology():
   out = _run('tools.cost', f'--config={REPO}/configs/two_tower.py',
              '--topology=v9z:2x2')
@@ -131,6 +133,7 @@ def test_cost_cli_names_a_bad_topology():
       "error: --topology: 'v9z:2x2' cannot be described")
 
 
+@pytest.mark.slow
 def test_main_dry_run_compiles_and_exits_without_a_workdir():
   out = _run('main', f'--config={REPO}/configs/data_parallel.py',
              '--dry_run', *TINY)
@@ -144,6 +147,7 @@ def test_main_dry_run_compiles_and_exits_without_a_workdir():
              for line in lines)
 
 
+@pytest.mark.slow
 def test_main_dry_run_rejects_a_mesh_the_batch_cannot_fill():
   out = _run('main', f'--config={REPO}/configs/data_parallel.py',
              '--dry_run', *TINY, '--config.batch_size=7')

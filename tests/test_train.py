@@ -54,6 +54,7 @@ def single_device_run(tiny_config_factory, tmp_path_factory):
   return workdir, result, _final_params(config, str(workdir))[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode,devices', [('single', 1), ('data', 2),
                                           ('tower', 2), ('data_tower', 4),
                                           ('hybrid', 2), ('hybrid_2d', 2)])
@@ -132,6 +133,7 @@ def test_eval_step_gives_both_protocols_from_one_batch(small_spec):
     assert float(centre_only[key]) == float(out[key])
 
 
+@pytest.mark.slow
 def test_steps_build_without_tensorflow():
   """The GPU machines have no TensorFlow: only reading data (the loop in
   `train`) may need it; the steps, their benchmark and cost do not."""
@@ -180,6 +182,7 @@ def _wait_for(predicate, proc, timeout=240):
     time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tiny_config_factory,
                                                     tmp_path):
   base = _subprocess_overrides(tiny_config_factory())
@@ -209,6 +212,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_config_factory,
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_where_it_stopped(tiny_config_factory, tmp_path):
   base = _subprocess_overrides(tiny_config_factory())
   proc = subprocess.Popen(
@@ -246,6 +250,7 @@ def two_good_steps(tiny_config_factory, tmp_path_factory):
 # forward pass overflows: the loss check stops it. At infinity the
 # parameters themselves are not finite after step 3, whose checkpoint
 # (every step) refuses them.
+@pytest.mark.slow
 @pytest.mark.parametrize('learning_rate,every,what,bad_step', [
     (1e30, 2, r'training loss \(nan\)', 4),
     (float('inf'), 1, 'parameters', 3)])
@@ -273,6 +278,7 @@ def test_nonfinite_stops_at_its_step_and_keeps_the_last_good_checkpoint(
   assert all(np.isfinite(list(losses.values())))
 
 
+@pytest.mark.slow
 def test_eval_only_restores_onto_another_mode(tiny_config_factory, tmp_path):
   config = tiny_config_factory(mode='tower', num_devices=2,
                                eval_ten_crop=True)
@@ -283,6 +289,7 @@ def test_eval_only_restores_onto_another_mode(tiny_config_factory, tmp_path):
     assert result[key] == pytest.approx(trained[key], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_only_from_the_command_line(tiny_config_factory, tmp_path,
                                         two_good_steps):
   """`main --eval_only --checkpoint=STEP_DIR` on another mode gives the
@@ -308,6 +315,7 @@ def test_eval_only_from_the_command_line(tiny_config_factory, tmp_path,
     assert f'{key} {logged[key]}' in last
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused(tiny_config_factory, tmp_path):
   train.train_and_evaluate(tiny_config_factory(num_train_steps=2,
                                                eval_ten_crop=False),
@@ -333,6 +341,7 @@ def test_missing_dataset_is_a_clear_error(tiny_config_factory, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
+@pytest.mark.slow
 def test_unknown_config_key_fails_at_startup(tmp_path):
   result = subprocess.run(
       _main_cmd(tmp_path, {'batch_sise': 3}),

@@ -118,6 +118,7 @@ def _tensorboard_values(workdir: str) -> dict[str, list]:
   return out
 
 
+@pytest.mark.slow
 def test_evaluation_logs_conv1_grid_and_scores(tiny_run):
   config, workdir = tiny_run
   logged = _tensorboard_values(workdir)
@@ -148,6 +149,7 @@ def _cli_overrides(config) -> list[str]:
   return flags
 
 
+@pytest.mark.slow
 def test_cli_writes_the_figures_and_prints_scores(tiny_run, tmp_path):
   config, workdir = tiny_run
   out = tmp_path / 'figures'
@@ -187,6 +189,7 @@ def _val_files(config) -> list[str]:
   return sorted(glob.glob(os.path.join(root, first_class, '*')))
 
 
+@pytest.mark.slow
 def test_figures_see_what_predict_sees(tiny_run, tmp_path):
   config, workdir = tiny_run
   params, spec, meta = checkpoint.load_params(workdir)
