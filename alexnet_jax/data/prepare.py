@@ -383,8 +383,8 @@ def prepare(config, out: str, *, quality: int = 90,
       path = os.path.join(out, shard_name(split, shard, num_shards))
       if _read_json(_done_marker(path)) is None:
         tasks.append(_task(listing, out, settings, split, shard))
-  mine = len(range(process_index, sum(settings.num_shards.values()),
-                   process_count))
+  mine = sum(len(range(process_index, num_shards, process_count))
+             for num_shards in settings.num_shards.values())
   print(f'prepare: {config.dataset} -> {out}: {num_listed["train"]} train '
         f'and {num_listed["val"]} val images; {len(tasks)} shards to write '
         f'here ({mine - len(tasks)} done)', flush=True)
