@@ -462,23 +462,37 @@ def test_fine_tuned_caffe_model_is_refused():
 
 @pytest.mark.slow
 def test_converted_checkpoint_runs_in_eval_only_mode(caffe_files, tmp_path):
-  """train.evaluate_checkpoint restores it and evaluates a tiny folder set."""
-  _, ckpt, _ = caffe_files
-  root = tmp_path / 'data'
+  """train.evaluate_checkpoint restores it and evaluates a tiny folder set
+  to the errors Caffe's own net gives on the same centre crops."""
+  torch = _torch()
+  blobs, ckpt, _ = caffe_files
   rng = np.random.default_rng(4)
-  for split, classes in (('train', range(1000)), ('val', range(2))):
-    for c in classes:
-      os.makedirs(root / split / f'c{c:04d}')
-  for path in ('train/c0000/a.png', 'val/c0000/b.png', 'val/c0001/c.png'):
-    Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(
-        root / path)
+  # Base-image-sized PNGs: the base image is the file, the centre crop its
+  # middle 227 x 227, and Caffe's input that crop in BGR minus the mean.
+  images = rng.integers(0, 256, (2, 256, 256, 3), np.uint8)
+  crops = images[:, 14:14 + 227, 14:14 + 227].astype(np.float32)
+  inputs = (crops - 255 * np.float32(pretrained.CAFFE_MEAN_RGB))[..., ::-1]
+  logits = _caffe_forward(torch, blobs, torch.from_numpy(
+      inputs.transpose(0, 3, 1, 2).copy()))
+  # The first image in the class Caffe predicts, the second in another.
+  labels = [int(logits[0].argmax()), (int(logits[1].argmax()) + 1) % 1000]
+  root = tmp_path / 'data'
+  for c in range(1000):
+    os.makedirs(root / 'train' / f'c{c:04d}')
+  Image.fromarray(images[0]).save(root / 'train' / 'c0000' / 'a.png')
+  for i, (image, label) in enumerate(zip(images, labels)):
+    os.makedirs(root / 'val' / f'c{label:04d}', exist_ok=True)
+    Image.fromarray(image).save(root / 'val' / f'c{label:04d}' / f'{i}.png')
   config = pretrained.pretrained_config('caffe')
   config.dataset = f'folder:{root}'
   config.eval_batch_size = 2
   config.eval_ten_crop = False
   results = train.evaluate_checkpoint(config, ckpt)
   assert results['eval/num_examples'] == 2
-  assert 0.0 <= results['eval/top1_error'] <= 1.0
+  assert results['eval/top1_error'] == 0.5
+  top5 = np.argsort(-logits, axis=1)[:, :5]
+  assert results['eval/top5_error'] == np.mean(
+      [label not in row for label, row in zip(labels, top5)])
 
 
 @pytest.mark.slow
