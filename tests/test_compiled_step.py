@@ -54,6 +54,7 @@ def _library_fused_convolutions(text: str) -> set[str]:
   return with_convolution & library_calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode,devices', [('single', 1), ('tower', 2),
                                           ('data', 2), ('hybrid', 2)])
 def test_step_has_the_ops_it_should(small_spec, mode, devices):

@@ -134,6 +134,7 @@ def test_prepare_stores_decodable_images_and_lists_the_rest(tmp_path):
              for k in (0, 3, 6))
 
 
+@pytest.mark.slow
 def test_prepared_and_raw_paths_give_the_same_batches(smooth_folder, tmp_path):
   index = _prepare(_config(smooth_folder), tmp_path / 'p',
                    examples_per_shard=100)  # One shard: one block, as raw.
