@@ -12,8 +12,8 @@ import importlib.util
 import math
 import os
 import re
-import warnings
 from typing import Any, Iterator
+import warnings
 
 import jax
 from jax._src.lib import _jax as xla_extension  # XLA's HLO cost analysis.
@@ -24,7 +24,6 @@ from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps
 from alexnet_jax.data import device
-
 
 # Set before libtpu loads: several processes may hold it on a machine with no
 # TPU (the lockfile is for sharing real chips), and with no TPU metadata

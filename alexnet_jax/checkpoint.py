@@ -31,9 +31,9 @@ from typing import Any, Callable, NoReturn, TypeVar
 import weakref
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from alexnet_jax import logs
 from alexnet_jax import models

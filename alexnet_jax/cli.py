@@ -164,13 +164,24 @@ def _backend_failures_as_warnings(record: std_logging.LogRecord) -> bool:
   return True
 
 
+def hide_gpus_from_tensorflow() -> None:
+  """TensorFlow only reads data here: it gets no GPU, so it takes none of
+  the GPU memory JAX needs. Called as a tool starts, after its imports and
+  before TensorFlow runs anything; a tool that never imports TensorFlow
+  never loads it for this."""
+  tf = sys.modules.get('tensorflow')
+  if tf is not None:
+    tf.config.set_visible_devices([], 'GPU')
+
+
 def run(main: Callable[[list[str], Flags], None],
         define_flags: Callable[[], Flags], *, required: Sequence[str] = (),
         errors: tuple[type[Exception], ...] = (ValueError, OSError)) -> None:
   """Runs a tool: `main(argv, flag)` with the flags `define_flags` returns.
 
   Defines the flags, marks `required` ones, parses with `_parse_flags`,
-  quiets the libraries' logs unless -v is given, and turns any of `errors`
+  quiets the libraries' logs unless -v is given, hides GPUs from
+  TensorFlow, and turns any of `errors`
   raised by `main` into `error: MESSAGE` on stderr and exit status 1 (with
   the traceback logged at -v=1).
   """
@@ -179,6 +190,7 @@ def run(main: Callable[[list[str], Flags], None],
 
   def main_or_error(argv: list[str]) -> None:
     quiet_library_logs()
+    hide_gpus_from_tensorflow()
     try:
       main(argv, flag)
     except errors as error:

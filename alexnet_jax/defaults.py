@@ -2,7 +2,7 @@
 
 Each experiment file in `configs/` starts from `get_config()` here and
 states only what it changes, so it reads as the list of an experiment's
-choices (`configs/default.py` runs these defaults as they are). The library
+choices (`configs/two_tower.py` runs these defaults as they are). The library
 reads its defaults from here, never from `configs/`.
 """
 
@@ -70,8 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
   for name, kind in models.spec_field_types().items():
     config.model[name] = config_dict.placeholder(kind)
 
-  # Execution: 'single', 'data', 'tower', 'data_tower' (2-D mesh) or
-  # 'hybrid' (OWT: convs data-parallel, FC layers model-parallel).
+  # Execution: 'single', 'data', 'tower', 'data_tower' (2-D mesh),
+  # 'hybrid' (OWT: convs data-parallel, FC layers model-parallel) or
+  # 'hybrid_2d' (the hybrid on a 2-D mesh: FCs split within a host, the
+  # batch across hosts); parallel.MODES.
   config.mode = 'tower'
   config.num_devices = 2
 

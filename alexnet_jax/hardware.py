@@ -5,7 +5,6 @@ that `plan` projects onto. Every figure names its source.
 
 import dataclasses
 
-
 # Per-chip HBM, keyed by `device.device_kind`: TPUs from the Cloud TPU
 # system architecture pages; GPUs as the GPU reports it (XLA's target
 # descriptions in alexnet_jax/gpu_targets, `device_memory_size`).

@@ -41,6 +41,7 @@ from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import towers
 from alexnet_jax.analysis import trace
 
+
 def _start_jax(num_devices: int, flag: cli.Flags) -> None:
   """Before any JAX backend starts: the compilation cache, then this
   process's devices (with --distributed, its share of them)."""

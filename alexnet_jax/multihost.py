@@ -34,7 +34,7 @@ import time
 from typing import Callable, Iterator
 
 import jax
-from jax._src import distributed
+from jax._src import distributed as _jax_distributed
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -45,13 +45,27 @@ from alexnet_jax import storage
 
 DEFAULT_LOST_PROCESS_TIMEOUT = 30  # Seconds.
 # Set in the supervised child: where it writes its process id and
-# coordinator for the parent.
+# coordinator for the parent, and the parent's process id.
 _CHILD_INFO_ENV = 'ALEXNET_JAX_PROCESS_INFO'
+_PARENT_ENV = 'ALEXNET_JAX_SUPERVISOR_PID'
 _POLL_SECONDS = 0.5
 _LOST_EXIT = 1
 _SHUTDOWN_GRACE = 1.0  # Seconds.
 # How long processes that finished wait for the others (a final evaluation).
 _FINISH_SECONDS = 10 * 60
+
+
+def _coordination() -> tuple[object | None, str | None]:
+  """The coordination service's client and the coordinator's address, or
+  Nones before `initialize`.
+
+  The one use of JAX's private distributed state: the public API has no
+  way to them (`jax.distributed` offers initialize, is_initialized and
+  shutdown; `multihost_utils.live_devices` is an unstable transaction over
+  devices, not a liveness poll, and there is no barrier with a deadline).
+  """
+  state = _jax_distributed.global_state
+  return state.client, state.coordinator_address
 
 
 def initialize(num_devices: int, coordinator_address: str | None = None,
@@ -71,6 +85,8 @@ def initialize(num_devices: int, coordinator_address: str | None = None,
   if lost_process_timeout < 2:
     raise ValueError(f'--lost_process_timeout: {lost_process_timeout} s is '
                      'too short for heartbeats; at least 2')
+  if is_supervised():
+    _die_with_parent()
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.config.update('jax_enable_recoverability', True)
   # Its SIGTERM handler would take the signal from train's, and its shutdown
@@ -92,7 +108,7 @@ def _tell_supervisor() -> None:
     with open(path, 'w') as f:
       json.dump({'process_id': jax.process_index(),
                  'num_processes': jax.process_count(),
-                 'coordinator': distributed.global_state.coordinator_address},
+                 'coordinator': _coordination()[1]},
                 f)
 
 
@@ -113,8 +129,8 @@ def supervise(workdir: str | None) -> int:
     info_path = os.path.join(tmp, 'process.json')
     child = subprocess.Popen(
         [sys.executable, *sys.orig_argv[1:]],
-        env=dict(os.environ, **{_CHILD_INFO_ENV: info_path}),
-        preexec_fn=_die_with_parent)
+        env=dict(os.environ, **{_CHILD_INFO_ENV: info_path,
+                                _PARENT_ENV: str(os.getpid())}))
     for sig in (signal.SIGTERM, signal.SIGINT):
       signal.signal(sig, lambda signum, frame: child.send_signal(signum))
     status = child.wait()
@@ -131,8 +147,17 @@ def supervise(workdir: str | None) -> int:
 
 
 def _die_with_parent() -> None:
-  """In the child, before exec: SIGKILL when the parent dies (Linux)."""
+  """In the supervised child: SIGKILL when the parent dies (Linux).
+
+  Set by the child itself, as it starts: `preexec_fn` would run Python
+  between fork and exec in a parent that may have threads. A parent that
+  died before this is caught by its process id.
+  """
+  if sys.platform != 'linux':
+    return
   ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  if str(os.getppid()) != os.environ.get(_PARENT_ENV):
+    os._exit(_LOST_EXIT)  # pylint: disable=protected-access
 
 
 def _killed_child_line(signum: int, info: dict | None,
@@ -176,12 +201,15 @@ def watch_for_lost_processes(workdir: str | None,
   collective that will never complete). On leaving the block, normally or
   by an exception, every process waits for the others, so that no process
   that finished counts as lost; a lost one ends the wait through the
-  watchdog. A no-op with one process.
+  watchdog. After an exception the wait is `timeout` seconds: enough for
+  processes that fail alike (a non-finite loss, which every process sees)
+  to meet; one that fails alone leaves then, and the others see it lost
+  within their own `timeout`. A no-op with one process.
   """
   if jax.process_count() == 1:
     yield
     return
-  client = distributed.global_state.client
+  client, _ = _coordination()
   done = threading.Event()
   watchdog = threading.Thread(target=_watch, args=(client, done, workdir),
                               daemon=True)
@@ -189,12 +217,14 @@ def watch_for_lost_processes(workdir: str | None,
   try:
     yield
   except BaseException:
-    _leave_together(client, 'failed', 2 * timeout, done, watchdog)
+    _leave_together(client, 'failed', timeout, timeout, done, watchdog)
     raise
-  _leave_together(client, 'finished', _FINISH_SECONDS, done, watchdog)
+  _leave_together(client, 'finished', _FINISH_SECONDS, timeout, done,
+                  watchdog)
 
 
-def _leave_together(client, why: str, seconds: int, done: threading.Event,
+def _leave_together(client, why: str, seconds: int, timeout: int,
+                    done: threading.Event,
                     watchdog: threading.Thread) -> None:
   """Waits for every process, stops the watchdogs, then leaves the runtime,
   process 0 last: it hosts the coordination service, which (recoverable)
@@ -202,7 +232,9 @@ def _leave_together(client, why: str, seconds: int, done: threading.Event,
 
   The service answers a liveness query once every live process listed has
   asked too, or left; so process 0's queries return for good only when
-  the others, whose watchdogs have stopped, have disconnected.
+  the others, whose watchdogs have stopped, have disconnected. Process 0
+  waits for that (in a thread: a query blocks while a connected process
+  does not ask) up to `timeout` seconds, and says so if it gives up.
   """
   together = _wait_for_all(client, f'alexnet_jax: {why}', seconds)
   done.set()
@@ -210,26 +242,52 @@ def _leave_together(client, why: str, seconds: int, done: threading.Event,
     return
   if jax.process_index() == 0:
     watchdog.join()
-    everyone = list(range(jax.process_count()))
-    while len(client.get_live_nodes(everyone)) > 1:
-      pass
+    alone = threading.Thread(target=_until_alone, args=(client,),
+                             daemon=True)
+    alone.start()
+    alone.join(timeout)
+    if alone.is_alive():
+      print(f'warning: other processes were still connected {timeout} s '
+            'after the run ended; process 0 (the coordinator) leaves '
+            'without them', file=sys.stderr, flush=True)
     time.sleep(_SHUTDOWN_GRACE)  # Their last replies are on the way.
   jax.distributed.shutdown()
 
 
+def _until_alone(client) -> None:
+  """Returns when process 0 is the only one connected."""
+  everyone = list(range(jax.process_count()))
+  while len(client.get_live_nodes(everyone)) > 1:
+    time.sleep(_POLL_SECONDS / 10)
+
+
 def _watch(client, done: threading.Event, workdir: str | None) -> None:
+  """Polls the service until `done`; ends the process in one line when a
+  process is lost, or when the service cannot be asked (which is process
+  0's loss only when its address no longer answers)."""
   everyone = list(range(jax.process_count()))
   while not done.wait(_POLL_SECONDS):
     try:
       lost = sorted(set(everyone) - set(client.get_live_nodes(everyone)))
-      what = f'process {", ".join(map(str, lost))}'
-    except Exception:  # pylint: disable=broad-except
-      lost, what = [0], 'process 0 (the coordinator)'
+      what = (f'process {", ".join(map(str, lost))} of {len(everyone)} was '
+              'lost (no heartbeat)')
+    except Exception as error:  # pylint: disable=broad-except
+      lost, what = [0], _query_failure(error, len(everyone))
     if lost and not done.is_set():
-      print(f'error: {what} of {len(everyone)} was lost (no heartbeat); '
-            f'process {jax.process_index()} stopped. '
+      print(f'error: {what}; process {jax.process_index()} stopped. '
             f'{_resume_note(workdir)}', file=sys.stderr, flush=True)
       os._exit(_LOST_EXIT)  # pylint: disable=protected-access
+
+
+def _query_failure(error: Exception, count: int) -> str:
+  """What a failed liveness query means: the coordinator is gone if its
+  address does not answer; otherwise the service's own error."""
+  coordinator = _coordination()[1]
+  if coordinator and not _reachable(coordinator):
+    return f'process 0 of {count} (the coordinator, {coordinator}) was lost'
+  first = (str(error).strip().splitlines() or [''])[0]
+  return (f'the coordination service did not answer which processes are '
+          f'live ({type(error).__name__}: {first})')
 
 
 def _wait_for_all(client, name: str, seconds: int) -> bool:

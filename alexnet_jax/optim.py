@@ -17,6 +17,7 @@ step alone.
 
 import dataclasses
 import math
+import sys
 from typing import Any
 
 import jax
@@ -80,7 +81,9 @@ class LearningRatePolicy:
   max_drops: int = 3
   min_delta: float = 1e-3
   drops: int = 0
-  best_error: float = math.inf
+  # Above any error before the first evaluation, and finite: JSON (the
+  # checkpoint's progress record) has no Infinity.
+  best_error: float = sys.float_info.max
   evals_without_progress: int = 0
 
   def __post_init__(self):

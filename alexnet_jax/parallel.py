@@ -23,7 +23,10 @@ import math
 from typing import Any, Callable, Sequence
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from alexnet_jax import models
@@ -49,7 +52,8 @@ def request_cpu_devices(num_devices: int) -> None:
 # forward and up to 9x slower for kernel gradients than XLA's own (Eigen)
 # ones, so only dots go to YNNPACK.
 _CPU_COMPILER_OPTIONS = {
-    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+    'xla_cpu_experimental_ynn_fusion_type':
+        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
 def compiler_options() -> dict[str, str] | None:

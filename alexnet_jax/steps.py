@@ -154,17 +154,20 @@ class ResidentTrainStep:
   batch: Any
   rng: Any
   mesh: Any
+  learning_rate: float  # The config's base rate (speed does not depend on it).
 
   def __call__(self) -> None:
     """One step, blocking until the devices are done."""
     with jax.set_mesh(self.mesh):
-      self.state, metrics = self.fn(self.state, self.batch, 0.01, self.rng)
+      self.state, metrics = self.fn(self.state, self.batch,
+                                    self.learning_rate, self.rng)
     jax.block_until_ready(metrics)
 
   def compiled(self) -> Any:
     """The program each call runs (for its HLO text)."""
     with jax.set_mesh(self.mesh):
-      return self.fn.lower(self.state, self.batch, 0.01, self.rng).compile()
+      return self.fn.lower(self.state, self.batch, self.learning_rate,
+                           self.rng).compile()
 
 
 def resident_train_step(config: Any, batch_size: int) -> ResidentTrainStep:
@@ -185,9 +188,9 @@ def resident_train_step(config: Any, batch_size: int) -> ResidentTrainStep:
     batch = jax.device_put(host_batch, batch_shardings(
         strategy, device.TRAIN_KEYS))
     step_fn = make_train_step(spec, strategy, tx, state,
-                                    device.Normalization.from_config(config))
+                              device.Normalization.from_config(config))
   return ResidentTrainStep(step_fn, state, batch, jax.random.key(1),
-                      strategy.mesh)
+                           strategy.mesh, config.optimizer.learning_rate)
 
 
 def max_over_mesh(strategy: parallel.Strategy) -> Callable[[int], jax.Array]:

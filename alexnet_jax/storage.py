@@ -36,8 +36,8 @@ import shutil
 import socket
 import threading
 import time
-import uuid
 from typing import Any, Iterator
+import uuid
 
 GCS_PREFIX = 'gs://'
 SUPPORTED = 'a local path or gs://BUCKET/PATH'

@@ -12,9 +12,9 @@ import time
 from typing import Any, Callable
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from alexnet_jax import capture
 from alexnet_jax import checkpoint

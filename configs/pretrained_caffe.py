@@ -1,6 +1,7 @@
 """Evaluates Caffe's `bvlc_alexnet` weights after conversion.
 
-  python -m alexnet_jax.tools.convert --from=caffe bvlc_alexnet.npy --out=CKPT_DIR
+  python -m alexnet_jax.tools.convert --from=caffe bvlc_alexnet.npy \
+      --out=CKPT_DIR
   python -m alexnet_jax.main --config=configs/pretrained_caffe.py \
       --eval_only --checkpoint=CKPT_DIR --workdir=DIR
 

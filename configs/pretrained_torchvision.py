@@ -1,7 +1,7 @@
 """Evaluates torchvision's `alexnet` weights (IMAGENET1K_V1) after conversion.
 
-  python -m alexnet_jax.tools.convert --from=torchvision alexnet-owt-7be5be79.pth \
-      --out=CKPT_DIR
+  python -m alexnet_jax.tools.convert --from=torchvision \
+      alexnet-owt-7be5be79.pth --out=CKPT_DIR
   python -m alexnet_jax.main --config=configs/pretrained_torchvision.py \
       --eval_only --checkpoint=CKPT_DIR --workdir=DIR
 

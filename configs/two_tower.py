@@ -1,4 +1,8 @@
-"""The paper: two towers, one per device, exchanging at conv3 and the FCs."""
+"""The paper: two towers, one per device, exchanging at conv3 and the FCs.
+
+The paper's recipe on ImageNet is the defaults (`alexnet_jax/defaults.py`,
+with what each field means), so this file runs them as they are.
+"""
 
 from alexnet_jax import defaults
 

@@ -140,9 +140,10 @@ done
 
 names=(tower single data hybrid data_tower half_width_one_tower no_dropout
        no_lrn no_overlap_pool no_pca_lighting tanh)
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 "$python" -m alexnet_jax.tools.report "${names[@]/#/$runs_dir/}" \
   --out="$report_dir" --intro="$(cat <<INTRO
-Made by \`launch/ablations.sh\`: $steps steps of batch 32 per run, 67x67
+Made by \`launch/ablations.sh\` at commit $commit: $steps steps of batch 32 per run, 67x67
 inputs, a quarter of the paper's widths, He initialisation, 8 synthetic
 classes, on a 2-core CPU where every device is simulated.
 

@@ -26,6 +26,7 @@ import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from alexnet_jax import models  # pylint: disable=g-import-not-at-top
+
 import experiment_config  # pylint: disable=g-import-not-at-top
 
 

@@ -204,17 +204,19 @@ def _certificates(tmp: pathlib.Path) -> tuple[str, ssl.SSLContext]:
   """
   # pylint: disable=g-import-not-at-top
   from cryptography import x509
-  from cryptography.hazmat.primitives import hashes, serialization
+  from cryptography.hazmat.primitives import hashes
+  from cryptography.hazmat.primitives import serialization
   from cryptography.hazmat.primitives.asymmetric import ec
-  from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+  from cryptography.x509.oid import ExtendedKeyUsageOID
+  from cryptography.x509.oid import NameOID
   # pylint: enable=g-import-not-at-top
 
   def name(common_name):
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
   now = datetime.datetime.now(datetime.UTC)
-  ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-      ec.SECP256R1())
+  ca_key = ec.generate_private_key(ec.SECP256R1())
+  key = ec.generate_private_key(ec.SECP256R1())
 
   def builder(subject, public_key):
     return (x509.CertificateBuilder().subject_name(subject)

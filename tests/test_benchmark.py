@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from alexnet_jax.tools import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +20,7 @@ def test_contenders_take_turns():
   assert {name: len(t) for name, t in times.items()} == {'a': 3, 'b': 3}
 
 
+@pytest.mark.slow
 def test_command_times_jax_and_torch_in_one_run():
   """The demo net, tower mode on 2 CPU devices, against the PyTorch mirror."""
   result = subprocess.run(

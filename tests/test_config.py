@@ -14,6 +14,7 @@ import pytest
 from alexnet_jax import cli
 from alexnet_jax import defaults
 from alexnet_jax import models
+
 import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,8 +46,8 @@ NON_DEFAULT = {
 
 
 def _parse_config(args: list[str]) -> ml_collections.ConfigDict:
-  """configs/default.py with `args` applied as the entry points parse them."""
-  argv = ['prog', f'--config={REPO}/configs/default.py', *args]
+  """configs/two_tower.py with `args` applied as the entry points parse them."""
+  argv = ['prog', f'--config={REPO}/configs/two_tower.py', *args]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', flag_values=values, sys_argv=argv,
                                   lock_config=True)
@@ -92,6 +93,7 @@ def test_unknown_key_names_the_key_and_the_closest_one(path, message):
   assert cli.unknown_key(_config(), path) == message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('module,args', [
     ('main', ['--workdir=unused']), ('tools.summary', [])])
 def test_misspelt_override_is_one_line_from_the_entry_points(module, args):
@@ -126,7 +128,7 @@ def test_every_experiment_file_loads_by_path_with_the_default_fields(
   names = sorted(str(path.relative_to(experiment_config.CONFIGS))[:-3]
                  for path in pathlib.Path(experiment_config.CONFIGS).rglob(
                      '*.py'))
-  assert {'default', 'two_tower', 'demo', 'ablations/no_lrn'} <= set(names)
+  assert {'two_tower', 'demo', 'ablations/no_lrn'} <= set(names)
   fields = _flat_keys(defaults.get_config())
   for name in names:
     assert _flat_keys(experiment_config.load(name)) == fields, name

@@ -159,7 +159,7 @@ def _run_prepare(tmp_path, image, **_):
     for label in ('a', 'b'):
       os.makedirs(root / split / label)
       os.link(image, root / split / label / '0.png')
-  return _tool('prepare', f'--config={REPO}/configs/default.py',
+  return _tool('prepare', f'--config={REPO}/configs/two_tower.py',
                f'--config.dataset=folder:{root}',
                '--config.input.resize_size=40', f'--out={tmp_path / "out"}',
                '--workers=1')
@@ -198,6 +198,7 @@ def test_every_tool_has_a_console_check():
   assert set(RUNS) == set(TOOLS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tool', sorted(RUNS))
 def test_a_tool_prints_no_library_lines(tool, request, tmp_path,
                                         synthetic_dir, image):
@@ -209,6 +210,7 @@ def test_a_tool_prints_no_library_lines(tool, request, tmp_path,
   assert _noise(run) == []
 
 
+@pytest.mark.slow
 def test_mains_first_line_says_what_the_run_is(trained):
   run, workdir = trained
   assert run.stdout.splitlines()[0] == (
@@ -216,6 +218,7 @@ def test_mains_first_line_says_what_the_run_is(trained):
       f'dataset synthetic; train 2 steps, global batch 8; workdir {workdir}')
 
 
+@pytest.mark.slow
 def test_a_tpu_slice_is_described_with_no_library_lines(synthetic_dir):
   """The TPU runtime loads, with no TPU backend, to describe the slice."""
   run = _tool('main', *_demo(synthetic_dir, mode='data_tower', num_devices=4),
@@ -225,6 +228,7 @@ def test_a_tpu_slice_is_described_with_no_library_lines(synthetic_dir):
   assert _noise(run) == []
 
 
+@pytest.mark.slow
 def test_verbose_brings_the_libraries_logs_back(trained, image):
   run = _tool('predict', f'--checkpoint={trained[1]}', image, '-v=1')
   assert run.returncode == 0, run.stderr[-3000:]

@@ -29,6 +29,7 @@ from alexnet_jax import parallel
 from alexnet_jax import pretrained
 from alexnet_jax import train
 from alexnet_jax.analysis import inference
+
 import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +141,7 @@ def torchvision_files(tmp_path_factory):
   return module, ckpt, checkpoint.load_params(ckpt)
 
 
+@pytest.mark.slow
 def test_torchvision_conversion_matches_torch_logits(torchvision_files):
   torch = _torch()
   module, _, (params, spec, meta) = torchvision_files
@@ -152,12 +154,15 @@ def test_torchvision_conversion_matches_torch_logits(torchvision_files):
                        _torch_logits(torch, module, images))
 
 
+@pytest.mark.slow
 def test_ours_to_torchvision_and_back_is_exact(torchvision_files):
   _, _, (params, spec, _) = torchvision_files
-  back = pretrained.from_torchvision(pretrained.to_torchvision(params, spec), spec)
+  back = pretrained.from_torchvision(pretrained.to_torchvision(params, spec),
+                                    spec)
   jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
+@pytest.mark.slow
 def test_to_torchvision_cli_writes_the_original_file(torchvision_files,
                                                      tmp_path):
   """torchvision -> checkpoint -> torchvision gives back the same tensors,
@@ -276,6 +281,7 @@ def caffe_files(tmp_path_factory):
   return blobs, ckpt, checkpoint.load_params(ckpt)
 
 
+@pytest.mark.slow
 def test_caffe_conversion_matches_caffe_semantics(caffe_files):
   torch = _torch()
   blobs, _, (params, spec, _) = caffe_files
@@ -288,6 +294,7 @@ def test_caffe_conversion_matches_caffe_semantics(caffe_files):
   _assert_logits_close(_logits(params, spec, images), theirs)
 
 
+@pytest.mark.slow
 def test_caffe_tensorflow_layout_file_gives_the_same_params(caffe_files,
                                                             tmp_path):
   blobs, _, (params, spec, _) = caffe_files
@@ -298,6 +305,7 @@ def test_caffe_tensorflow_layout_file_gives_the_same_params(caffe_files,
   jax.tree.map(np.testing.assert_array_equal, from_tf, params)
 
 
+@pytest.mark.slow
 def test_caffe_checkpoint_restores_with_its_conventions(caffe_files):
   _, ckpt, _ = caffe_files
   config = experiment_config.load('pretrained_caffe')
@@ -403,6 +411,7 @@ def test_hostile_caffe_file_is_refused_before_its_payload_runs(
   assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_hostile_caffe_file_is_refused_by_the_cli(tmp_path):
   marker = tmp_path / 'payload_ran'
   np.save(tmp_path / 'evil.npy', _hostile_blobs('layer', marker),
@@ -451,26 +460,42 @@ def test_fine_tuned_caffe_model_is_refused():
     pretrained.from_caffe(blobs, models.VARIANTS['caffe'])
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_runs_in_eval_only_mode(caffe_files, tmp_path):
-  """train.evaluate_checkpoint restores it and evaluates a tiny folder set."""
-  _, ckpt, _ = caffe_files
-  root = tmp_path / 'data'
+  """train.evaluate_checkpoint restores it and evaluates a tiny folder set
+  to the errors Caffe's own net gives on the same centre crops."""
+  torch = _torch()
+  blobs, ckpt, _ = caffe_files
   rng = np.random.default_rng(4)
-  for split, classes in (('train', range(1000)), ('val', range(2))):
-    for c in classes:
-      os.makedirs(root / split / f'c{c:04d}')
-  for path in ('train/c0000/a.png', 'val/c0000/b.png', 'val/c0001/c.png'):
-    Image.fromarray(rng.integers(0, 256, (240, 300, 3), np.uint8)).save(
-        root / path)
+  # Base-image-sized PNGs: the base image is the file, the centre crop its
+  # middle 227 x 227, and Caffe's input that crop in BGR minus the mean.
+  images = rng.integers(0, 256, (2, 256, 256, 3), np.uint8)
+  crops = images[:, 14:14 + 227, 14:14 + 227].astype(np.float32)
+  inputs = (crops - 255 * np.float32(pretrained.CAFFE_MEAN_RGB))[..., ::-1]
+  logits = _caffe_forward(torch, blobs, torch.from_numpy(
+      inputs.transpose(0, 3, 1, 2).copy()))
+  # The first image in the class Caffe predicts, the second in another.
+  labels = [int(logits[0].argmax()), (int(logits[1].argmax()) + 1) % 1000]
+  root = tmp_path / 'data'
+  for c in range(1000):
+    os.makedirs(root / 'train' / f'c{c:04d}')
+  Image.fromarray(images[0]).save(root / 'train' / 'c0000' / 'a.png')
+  for i, (image, label) in enumerate(zip(images, labels)):
+    os.makedirs(root / 'val' / f'c{label:04d}', exist_ok=True)
+    Image.fromarray(image).save(root / 'val' / f'c{label:04d}' / f'{i}.png')
   config = pretrained.pretrained_config('caffe')
   config.dataset = f'folder:{root}'
   config.eval_batch_size = 2
   config.eval_ten_crop = False
   results = train.evaluate_checkpoint(config, ckpt)
   assert results['eval/num_examples'] == 2
-  assert 0.0 <= results['eval/top1_error'] <= 1.0
+  assert results['eval/top1_error'] == 0.5
+  top5 = np.argsort(-logits, axis=1)[:, :5]
+  assert results['eval/top5_error'] == np.mean(
+      [label not in row for label, row in zip(labels, top5)])
 
 
+@pytest.mark.slow
 def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
   blobs = {'conv1': [np.zeros(CAFFE_SHAPES['conv1']), np.zeros(96)]}
   np.save(tmp_path / 'bad.npy', blobs, allow_pickle=True)
@@ -489,6 +514,7 @@ def test_caffe_cli_reports_a_missing_layer_in_one_line(tmp_path):
 # The PyTorch mirror (alexnet_jax/torch_reference.py).
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', ['paper', 'caffe', 'owt'])
 def test_torch_mirror_computes_our_function(variant):
   torch = _torch()
@@ -539,6 +565,7 @@ def small_caffe_checkpoint(tmp_path_factory):
   return params, spec, ckpt
 
 
+@pytest.mark.slow
 def test_predict_cli_uses_the_checkpoints_conventions(small_caffe_checkpoint,
                                                       tmp_path):
   params, spec, ckpt = small_caffe_checkpoint
@@ -551,7 +578,8 @@ def test_predict_cli_uses_the_checkpoints_conventions(small_caffe_checkpoint,
   batch = rng.uniform(-100, 100, (3, 227, 227, 3)).astype(np.float32)
   np.save(tmp_path / 'b.npy', batch)
   run = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.tools.predict', f'--checkpoint={ckpt}',
+      [sys.executable, '-m', 'alexnet_jax.tools.predict',
+       f'--checkpoint={ckpt}',
        f'--out={tmp_path / "out.npz"}', str(tmp_path / 'b.npy'),
        str(tmp_path / 'a.png')],
       cwd=REPO, capture_output=True, text=True, check=True)

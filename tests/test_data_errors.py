@@ -10,6 +10,7 @@ import pytest
 
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
+
 from data_config import small_data_config
 
 _config = functools.partial(small_data_config, batch_size=2)

@@ -26,6 +26,27 @@ def test_every_link_resolves_to_a_file_in_the_repository():
       assert REPO in path.parents, f'{page.relative_to(REPO)}: {target}'
 
 
+# "(docs/data.md, "ImageNet")" or "(see README, "Quick start")" in code and
+# docs: a section cited by its heading or its bold lead-in.
+SECTION = re.compile(r'\((?:see )?(README|docs/[\w/.-]+\.md), '
+                     r'"?([A-Z][^")]*?)"?[,;)]')
+
+
+def test_every_cited_section_exists():
+  cited = 0
+  for path in [*_pages(), *(REPO / 'alexnet_jax').rglob('*.py'),
+               *(REPO / 'configs').rglob('*.py')]:
+    text = re.sub(r"'\s*\n\s*'|\s*\n\s*", ' ', path.read_text())
+    for page, section in SECTION.findall(text):
+      target = REPO / ('README.md' if page == 'README' else page)
+      lines = target.read_text().splitlines()
+      assert any(re.match(rf'#+ {re.escape(section)}|\*\*'
+                          rf'{re.escape(section)}', line) for line in lines), (
+                              f'{path.relative_to(REPO)}: {page}, {section}')
+      cited += 1
+  assert cited >= 8
+
+
 def test_no_page_cites_a_document_the_repository_lacks():
   for path in [*_pages(), *(REPO / 'alexnet_jax').rglob('*.py'),
                *(REPO / 'configs').rglob('*.py')]:

@@ -28,11 +28,14 @@ from alexnet_jax.data import prepare
 from alexnet_jax.data import sources
 from alexnet_jax.tools import check_storage
 from alexnet_jax.tools import report
+
 import experiment_config
 import test_multiprocess
 import test_preemption
 
 REPO = os.path.dirname(experiment_config.CONFIGS)
+
+pytestmark = pytest.mark.slow  # Every test starts the emulator or trains.
 
 
 def _final_params(config, workdir):
@@ -162,6 +165,7 @@ def test_damaged_checkpoint_in_a_bucket_is_moved_aside(
   _assert_equal_params(resumed, straight)
 
 
+@pytest.mark.multiprocess
 def test_two_processes_share_a_bucket_workdir(gcs, tiny_config_factory,
                                               tmp_path):
   """Started apart, stopped by SIGTERM a second apart, then resumed."""

@@ -9,14 +9,16 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import orbax.checkpoint as ocp
-import pytest
-import tensorflow as tf
 from etils import epath
 from flax.metrics import tensorboard
 from google.api_core import exceptions
 from google.cloud import storage
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+pytestmark = pytest.mark.slow  # Starts the emulator.
 
 
 def _blobs(gcs, prefix: str) -> dict[str, bytes]:

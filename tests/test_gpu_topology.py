@@ -22,6 +22,8 @@ from alexnet_jax.analysis import comms
 from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import projection
 
+pytestmark = pytest.mark.slow  # Compiles full-size nets for GPU nodes.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.model.input_size=67',
         '--config.model.conv_features=(8,16,24,24,16)',
@@ -96,10 +98,11 @@ def test_compiled_step_on_two_gpu_nodes(data_tower_on_nodes):
   assert '  axis data (size 4): across hosts (network)' in lines
   # The tower exchange (groups of 2) stays on NVLink; the gradients and
   # the metrics' logits cross the network.
-  exchange = [l for l in lines if 'groups of 2 ' in l]
-  assert exchange and all('within a host (NVLink)' in l for l in exchange)
-  assert any('all-reduce' in l and 'across 2 hosts (network)' in l
-             for l in lines)
+  exchange = [line for line in lines if 'groups of 2 ' in line]
+  assert exchange and all('within a host (NVLink)' in line
+                          for line in exchange)
+  assert any('all-reduce' in line and 'across 2 hosts (network)' in line
+             for line in lines)
   places = measured['collective_bytes_by_place']
   assert places['within_host'] > 0 and places['across_hosts'] > 0
   assert abs(sum(places.values()) - comms.total_bytes(measured['terms'])) <= 2
@@ -164,8 +167,8 @@ def test_cost_and_dry_run_print_the_gpu_figures():
   out = _run('tools.cost', f'--config={REPO}/configs/data_parallel.py',
              '--topology=h100:1x2', *TINY)
   assert out.returncode == 0, out.stderr[-2000:]
-  values = dict(l.split(' ', 1) for l in out.stdout.splitlines()
-                if re.fullmatch(r'[a-z_]+ [\d.e+-]+', l))
+  values = dict(line.split(' ', 1) for line in out.stdout.splitlines()
+                if re.fullmatch(r'[a-z_]+ [\d.e+-]+', line))
   assert float(values['flops_per_device']) > 0
   assert 0 < float(values['projected_step_seconds']) < 1
   assert 0 < int(values['peak_memory_bytes_per_device']) < (

@@ -15,7 +15,10 @@ from alexnet_jax.data import decode
 from alexnet_jax.data import device
 from alexnet_jax.data import iterators
 from alexnet_jax.data import sources
-from data_config import CROP, RESIZE, small_data_config
+
+from data_config import CROP
+from data_config import RESIZE
+from data_config import small_data_config
 
 _config = small_data_config
 

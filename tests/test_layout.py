@@ -6,8 +6,9 @@ back, and that the gathers and the slices undo each other.
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax.layout import Layout
 

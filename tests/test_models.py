@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import defaults
-from alexnet_jax import models, parallel
+from alexnet_jax import models
+from alexnet_jax import parallel
 
 # docs/paper.md, Architecture.
 PAPER_LAYER_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120,
@@ -241,6 +242,7 @@ def test_unknown_model_field_is_rejected():
     models.spec_from_config(config)
 
 
+@pytest.mark.slow
 def test_summary_cli_prints_exact_totals():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
@@ -250,5 +252,10 @@ def test_summary_cli_prints_exact_totals():
       check=True).stdout.splitlines()
   assert 'total params 60965224' in out
   assert 'total macs 724406816' in out
+  assert out[1].split() == ['layer', 'towers', 'x', 'HxWxC', 'params', 'fwd',
+                            'MACs/image', 'split', 'over']
   conv1 = next(line for line in out if line.startswith('conv1'))
-  assert '2 x 55x55x48' in conv1 and conv1.rstrip().endswith('tower')
+  # 2 towers of 48 kernels of 11x11x3 and their biases; 55x55 outputs.
+  assert conv1.split() == ['conv1', '2', 'x', '55x55x48',
+                           f'{2 * (11 * 11 * 3 * 48 + 48):,}',
+                           f'{2 * 55 * 55 * 48 * 11 * 11 * 3:,}', 'tower']

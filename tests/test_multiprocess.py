@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax import train
+
 import experiment_config
+
+pytestmark = pytest.mark.multiprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch', 'local_multiprocess.sh')
@@ -49,7 +52,8 @@ def test_two_processes_match_one(run_config, tmp_path, mode):
   result = subprocess.run(  # -v=0: each process logs which it is.
       [LAUNCH, '2', os.path.join(REPO, 'configs', 'demo.py'),
        str(tmp_path / 'two'), *experiment_config.overrides(config), '-v=0'],
-      env=experiment_config.subprocess_env(), capture_output=True, text=True, timeout=540)
+      env=experiment_config.subprocess_env(), capture_output=True, text=True,
+      timeout=540)
   assert result.returncode == 0, result.stderr
   one, two = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'two')
   assert len(one) == len(two) == 4  # Only process 0 wrote metrics.
@@ -77,9 +81,10 @@ def test_workdir_not_shared_fails_on_every_process(tiny_config_factory,
       [sys.executable, '-m', 'alexnet_jax.main',
        f'--config={REPO}/configs/demo.py', f'--workdir={tmp_path}/host{i}',
        '--distributed', f'--coordinator_address=localhost:{port}',
-       '--num_processes=2', f'--process_id={i}', *experiment_config.overrides(config)],
-      env=experiment_config.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
+       '--num_processes=2', f'--process_id={i}',
+       *experiment_config.overrides(config)],
+      env=experiment_config.subprocess_env(), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   for proc, output in zip(procs, outputs):
     assert proc.returncode == 1, output

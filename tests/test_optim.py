@@ -1,5 +1,7 @@
 """The optimizer against a hand-written NumPy version of the paper's rule."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -92,6 +94,18 @@ def test_plateau_policy_drops_after_patience_and_stops_at_max():
                                       steps_per_epoch=10)
   restored.load_state_dict(policy.state_dict())
   assert restored(5) == policy(5)
+
+
+def test_policy_state_is_strict_json_before_the_first_evaluation():
+  policy = optim.LearningRatePolicy(base=0.01, schedule='plateau',
+                                    steps_per_epoch=10)
+  text = json.dumps(policy.state_dict(), allow_nan=False)
+  restored = optim.LearningRatePolicy(base=0.01, schedule='plateau',
+                                      steps_per_epoch=10)
+  restored.load_state_dict(json.loads(text))
+  # The first evaluation, whatever its error, is progress, not a stall.
+  assert not restored.observe(1.0)
+  assert restored.best_error == 1.0 and restored.evals_without_progress == 0
 
 
 def test_step_decay_and_warmup():

@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import models, parallel
+from alexnet_jax import models
+from alexnet_jax import parallel
 from alexnet_jax.analysis import hlo
 from alexnet_jax.data import device
 
@@ -80,7 +81,10 @@ def single(small_spec):
   return _loss_logits_grads(small_spec, 'single', 1)
 
 
-@pytest.mark.parametrize('mode,num_devices', MODES)
+# The core suite keeps the paper's mode; the others compile for longer.
+@pytest.mark.parametrize('mode,num_devices', [
+    pytest.param(*mode, marks=[] if mode == ('tower', 2) else pytest.mark.slow)
+    for mode in MODES])
 def test_modes_are_one_function(small_spec, single, mode, num_devices):
   loss, logits, grads, eval_logits = _loss_logits_grads(
       small_spec, mode, num_devices)
@@ -103,6 +107,7 @@ def _compiled_grad(spec, strategy, params):
       params, _batch(spec, strategy), jax.random.key(0)).compile()
 
 
+@pytest.mark.slow
 def test_tower_mode_places_one_tower_per_device(small_spec):
   strategy = parallel.create_strategy('tower', 2, small_spec, BATCH)
   params = parallel.init_params(small_spec, strategy, jax.random.key(1))
@@ -116,6 +121,7 @@ def test_tower_mode_places_one_tower_per_device(small_spec):
       np.testing.assert_array_equal(np.asarray(shard.data)[0], full[tower])
 
 
+@pytest.mark.slow
 def test_tower_mode_exchanges_only_activations(small_spec):
   strategy = parallel.create_strategy('tower', 2, small_spec, BATCH)
   params = parallel.init_params(small_spec, strategy, jax.random.key(1))
@@ -136,6 +142,7 @@ def test_tower_mode_exchanges_only_activations(small_spec):
   assert {op.kind for op in ops} == {'all-gather', 'reduce-scatter'}
 
 
+@pytest.mark.slow
 def test_data_mode_all_reduces_every_gradient(small_spec):
   strategy = parallel.create_strategy('data', 2, small_spec, BATCH)
   params = parallel.init_params(small_spec, strategy, jax.random.key(1))
@@ -148,6 +155,7 @@ def test_data_mode_all_reduces_every_gradient(small_spec):
   assert not any(op.kind == 'all-gather' for op in ops)
 
 
+@pytest.mark.slow
 def test_hybrid_mode_splits_fc_and_replicates_convs(small_spec):
   strategy = parallel.create_strategy('hybrid', 2, small_spec, BATCH)
   params = parallel.init_params(small_spec, strategy, jax.random.key(1))
@@ -194,6 +202,7 @@ def test_bad_execution_config_names_the_key(small_spec, mode, devices, batch,
   assert '\n' not in str(error.value)
 
 
+@pytest.mark.slow
 def test_hybrid_2d_splits_fc_within_a_row_and_reduces_fc_over_rows(
     small_spec):
   strategy = parallel.create_strategy('hybrid_2d', 4, small_spec, BATCH,

@@ -25,13 +25,15 @@ def test_transfer_is_ring_latency_plus_bytes_over_the_link(owt_net):
   hw = hardware.HARDWARE['h100_sxm8']
   term = comms.Term('all-reduce', 'x', 800e6, 8)
   # 2 x 7 ring steps of 5 us, 2 x 7/8 x 800 MB received at 450 GB/s.
-  assert projection.transfer_seconds('data', term, 8, owt_net, hw) == pytest.approx(
-      14 * 5e-6 + 1400e6 / 450e9)
+  assert projection.transfer_seconds(
+      'data', term, 8, owt_net, hw) == pytest.approx(
+          14 * 5e-6 + 1400e6 / 450e9)
   # Sixteen devices: the group spans two nodes and runs at the network's
   # 50 GB/s; the tower pair of data_tower stays on NVLink.
   wide = comms.Term('all-reduce', 'x', 800e6, 16)
-  assert projection.transfer_seconds('data', wide, 16, owt_net, hw) == pytest.approx(
-      30 * 10e-6 + 2 * 15 / 16 * 800e6 / 50e9)
+  assert projection.transfer_seconds(
+      'data', wide, 16, owt_net, hw) == pytest.approx(
+          30 * 10e-6 + 2 * 15 / 16 * 800e6 / 50e9)
   pair = comms.Term('all-gather', 'x', 1e6, 2)
   paper = comms.net_shape(models.VARIANTS['paper'])
   assert projection.transfer_seconds('data_tower', pair, 16, paper,
@@ -73,6 +75,7 @@ def test_gradients_hide_under_the_backward_pass_until_the_network(owt_net):
   assert across['images_per_sec'] < 2 * within['images_per_sec']
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_per_row_a_table_and_a_plot(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.tools.plan', '--hardware=owt_k20',
@@ -80,9 +83,9 @@ def test_cli_prints_one_line_per_row_a_table_and_a_plot(tmp_path):
        f'--out={tmp_path}'],
       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
       check=True)
-  rows = [l for l in out.stdout.splitlines() if l.startswith('plan ')]
+  rows = [line for line in out.stdout.splitlines() if line.startswith('plan ')]
   pattern = r'plan (\w+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)'
-  assert [re.fullmatch(pattern, l).group(1, 2, 3) for l in rows] == [
+  assert [re.fullmatch(pattern, line).group(1, 2, 3) for line in rows] == [
       ('hybrid', '1', '128'), ('hybrid', '2', '256'), ('hybrid', '4', '512'),
       ('tower', '1', '128'), ('tower', '2', '256')]
   assert 'skipped: tower on 4: config.num_devices' in out.stderr
@@ -91,6 +94,7 @@ def test_cli_prints_one_line_per_row_a_table_and_a_plot(tmp_path):
   assert '![speedup](plan.png)' in (tmp_path / 'plan.md').read_text()
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_bad_device_list():
   out = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.tools.plan', '--hardware=owt_k20',
@@ -108,7 +112,8 @@ def test_cost_falls_back_to_the_preset_of_the_chip_it_compiled_for():
   assert got['hardware'] == 'tpu_v5e'
   assert got['images_per_sec'] == pytest.approx(2048 / got['step_s'])
   hw = hardware.HARDWARE['tpu_v5e']
-  one = projection.project('data', 1, 128, paper, hw, projection.device_rate(hw))
+  one = projection.project('data', 1, 128, paper, hw,
+                           projection.device_rate(hw))
   # Sixteen chips of 128 images each: more than one chip, less than ideal.
   assert one['images_per_sec'] < got['images_per_sec'] < (
       16 * one['images_per_sec'])

@@ -17,7 +17,10 @@ from alexnet_jax.data import decode
 from alexnet_jax.data import iterators
 from alexnet_jax.data import prepare
 from alexnet_jax.data import sources
-from data_config import CROP, RESIZE, small_data_config
+
+from data_config import CROP
+from data_config import RESIZE
+from data_config import small_data_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _config = small_data_config
@@ -131,6 +134,7 @@ def test_prepare_stores_decodable_images_and_lists_the_rest(tmp_path):
              for k in (0, 3, 6))
 
 
+@pytest.mark.slow
 def test_prepared_and_raw_paths_give_the_same_batches(smooth_folder, tmp_path):
   index = _prepare(_config(smooth_folder), tmp_path / 'p',
                    examples_per_shard=100)  # One shard: one block, as raw.
@@ -221,6 +225,7 @@ def _marker_files(out):
   return sorted(f for f in os.listdir(out) if f.endswith('.tfrecord.json'))
 
 
+@pytest.mark.slow
 def test_prepare_resumes_after_being_killed(tmp_path, capsys):
   rng = np.random.default_rng(2)
   root = tmp_path / 'src'
@@ -232,7 +237,7 @@ def test_prepare_resumes_after_being_killed(tmp_path, capsys):
         _smooth_image(rng, 1000, 1200).save(root / split / name / f'{i}.jpg')
   out = tmp_path / 'out'
   command = [sys.executable, '-m', 'alexnet_jax.tools.prepare',
-             f'--config={REPO}/configs/default.py', f'--out={out}',
+             f'--config={REPO}/configs/two_tower.py', f'--out={out}',
              f'--config.dataset=folder:{root}',
              f'--config.input.resize_size={RESIZE}', '--examples_per_shard=1',
              '--workers=1']
@@ -262,6 +267,62 @@ def test_prepare_resumes_after_being_killed(tmp_path, capsys):
     assert json.load(f) == index
 
 
+def _records(directory) -> dict[str, list[dict]]:
+  """Every shard's records as {feature: values} (a record's bytes depend on
+  the writing process's map order; its features do not)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  shards = {}
+  for name in sorted(os.listdir(directory)):
+    if name.endswith('.tfrecord'):
+      shards[name] = [
+          {key: list(getattr(feature, feature.WhichOneof('kind')).value)
+           for key, feature in tf.train.Example.FromString(
+               record.numpy()).features.feature.items()}
+          for record in tf.data.TFRecordDataset(str(directory / name))]
+  return shards
+
+
+@pytest.mark.slow
+def test_two_hosts_prepare_and_verify_their_own_shards(smooth_folder,
+                                                       tmp_path, capsys):
+  """Two hosts (--process_index of --process_count=2) write the shards one
+  host writes alone, each its own half; each --verify checks and repairs
+  only its own."""
+  config = _config(smooth_folder)
+  single, shared = tmp_path / 'single', tmp_path / 'shared'
+  _prepare(config, single, examples_per_shard=2)  # 5 shards per split.
+  command = [sys.executable, '-m', 'alexnet_jax.tools.prepare',
+             f'--config={REPO}/configs/two_tower.py', f'--out={shared}',
+             f'--config.dataset={smooth_folder}',
+             f'--config.input.resize_size={RESIZE}',
+             f'--config.model.input_size={CROP}', '--examples_per_shard=2',
+             '--workers=1', '--process_count=2']
+  env = dict(os.environ, PYTHONPATH=REPO)
+  first = subprocess.run([*command, '--process_index=0'], env=env,
+                         capture_output=True, text=True)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'shards of other hosts are missing' in first.stdout
+  assert _marker_files(shared) == sorted(
+      prepare.shard_name(split, shard, 5) + '.json'
+      for split in ('train', 'val') for shard in (0, 2, 4))
+  index = _prepare(config, shared, examples_per_shard=2, process_index=1,
+                   process_count=2)
+  assert index is not None  # The last host to finish writes the index.
+  assert '4 shards to write here (0 done)' in capsys.readouterr().out
+  assert sorted(os.listdir(shared)) == sorted(os.listdir(single))
+  assert _records(shared) == _records(single)
+
+  damaged = shared / prepare.shard_name('train', 3, 5)
+  damaged.write_bytes(damaged.read_bytes()[:-100])
+  assert prepare.verify(config, str(shared), workers=1, process_index=0,
+                        process_count=2).damaged == []  # Not host 0's.
+  second = subprocess.run([*command, '--process_index=1', '--verify'],
+                          env=env, capture_output=True, text=True)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'damaged_shards 1' in second.stdout.splitlines()
+  assert _records(shared) == _records(single)
+
+
 def _main(workdir, overrides):
   return [sys.executable, '-m', 'alexnet_jax.main',
           f'--config={REPO}/configs/demo.py', f'--workdir={workdir}',
@@ -276,6 +337,7 @@ def _steps(workdir):
 def _params(config, workdir):
   """The latest checkpoint's step and parameters, on one device."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
   mngr = checkpoint.manager(os.path.join(workdir, 'checkpoints'))
@@ -287,6 +349,7 @@ def _params(config, workdir):
   return mngr.latest_step(), jax.tree.leaves(restored['params'])
 
 
+@pytest.mark.slow
 def test_training_on_prepared_data_resumes_exactly_after_sigkill(
     tiny_config_factory, tmp_path):
   config = tiny_config_factory()

@@ -13,6 +13,8 @@ from alexnet_jax.data import iterators
 from alexnet_jax.data import prepare
 from alexnet_jax.data import synthetic
 
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SHARD = 'train-00001-of-00003.tfrecord'
 VAL_SHARD = 'val-00000-of-00002.tfrecord'

@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax import train
+
 import experiment_config
+
+pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
 
 NODE = socket.gethostname().split('.')[0]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +77,8 @@ def _submit(config, workdir) -> str:
        '--job-name=alexnet_jax_test', f'--output={workdir}.out', SBATCH,
        os.path.join(REPO, 'configs', 'demo.py'), str(workdir),
        *experiment_config.overrides(config)],
-      env=experiment_config.subprocess_env(), capture_output=True, text=True, timeout=60, check=True)
+      env=experiment_config.subprocess_env(), capture_output=True, text=True,
+      timeout=60, check=True)
   return result.stdout.strip().split(';')[0]
 
 

@@ -14,6 +14,7 @@ import pytest
 from alexnet_jax import logs
 from alexnet_jax import storage
 from alexnet_jax.tools import report
+
 import experiment_config
 
 REPO = os.path.dirname(experiment_config.CONFIGS)
@@ -39,6 +40,7 @@ def test_supported_locations(tmp_path, monkeypatch):
     storage.check_location('gs:///run', 'x')
 
 
+@pytest.mark.slow
 def test_main_refuses_s3_in_one_line_and_creates_nothing(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.main',
@@ -113,6 +115,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_live_holder_refuses_and_a_killed_one_does_not(tmp_path):
   workdir = str(tmp_path / 'run')
   holder = subprocess.Popen([sys.executable, '-c', _HOLDER, workdir],
@@ -161,6 +164,7 @@ def _main(workdir, config, **popen):
       stderr=subprocess.STDOUT, text=True, **popen)
 
 
+@pytest.mark.slow
 def test_second_run_on_a_workdir_stops_until_the_first_is_killed(
     tiny_config_factory, tmp_path):
   long_run = tiny_config_factory(num_train_steps=10_000,

@@ -14,7 +14,8 @@ import pytest
 
 from alexnet_jax import aot
 from alexnet_jax import hardware
-from alexnet_jax import models, parallel
+from alexnet_jax import models
+from alexnet_jax import parallel
 from alexnet_jax.analysis import comms
 from alexnet_jax.analysis import compiled
 from alexnet_jax.analysis import hlo
@@ -92,6 +93,7 @@ def test_replica_groups_in_every_hlo_form():
       [0, 1, 2]]
 
 
+@pytest.mark.slow
 def test_compiled_step_on_the_slice(data_tower_on_slice):
   config, measured = data_tower_on_slice
   net = comms.net_shape(models.spec_from_config(config.model))
@@ -105,11 +107,11 @@ def test_compiled_step_on_the_slice(data_tower_on_slice):
   assert '  axis tower (size 2): physical dimension x, within a host' in lines
   # The tower exchange (all-gathers of groups of 2) never leaves a host; the
   # gradient all-reduce over the data axis spans both hosts.
-  gathers = [l for l in lines if 'all-gather' in l]
-  assert gathers and all('groups of 2' in l and 'within a host' in l
-                         for l in gathers)
-  assert any('all-reduce' in l and 'groups of 4' in l and 'across 2 hosts'
-             in l for l in lines)
+  gathers = [line for line in lines if 'all-gather' in line]
+  assert gathers and all('groups of 2' in line and 'within a host' in line
+                         for line in gathers)
+  assert any('all-reduce' in line and 'groups of 4' in line
+             and 'across 2 hosts' in line for line in lines)
   assert lines[-1].endswith(': fits')
 
 
@@ -122,6 +124,7 @@ def test_process_without_mesh_devices_gets_a_config_error(
     strategy.process_batch_shard()
 
 
+@pytest.mark.slow
 def test_cost_cli_names_a_bad_topology():
   out = _run('tools.cost', f'--config={REPO}/configs/two_tower.py',
              '--topology=v9z:2x2')
@@ -130,18 +133,21 @@ def test_cost_cli_names_a_bad_topology():
       "error: --topology: 'v9z:2x2' cannot be described")
 
 
+@pytest.mark.slow
 def test_main_dry_run_compiles_and_exits_without_a_workdir():
   out = _run('main', f'--config={REPO}/configs/data_parallel.py',
              '--dry_run', *TINY)
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   assert lines[0].startswith('dry run: mode data, 2 of ')
-  assert any(l.startswith("mesh {'data': 2}") for l in lines)
-  assert any('all-reduce' in l and 'within a host' in l for l in lines)
+  assert any(line.startswith("mesh {'data': 2}") for line in lines)
+  assert any('all-reduce' in line and 'within a host' in line for line in lines)
   # One eval step gives both protocols from one batch of base images.
-  assert any(l.startswith('eval step (centre crop + 10 crops') for l in lines)
+  assert any(line.startswith('eval step (centre crop + 10 crops')
+             for line in lines)
 
 
+@pytest.mark.slow
 def test_main_dry_run_rejects_a_mesh_the_batch_cannot_fill():
   out = _run('main', f'--config={REPO}/configs/data_parallel.py',
              '--dry_run', *TINY, '--config.batch_size=7')

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, parallel, train
+from alexnet_jax import checkpoint
+from alexnet_jax import parallel
 from alexnet_jax import steps
+from alexnet_jax import train
 from alexnet_jax.data import device
+
+import experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ('train/loss', 'train/top1_error', 'train/top5_error',
@@ -40,14 +45,28 @@ def _final_params(config, workdir):
   return step, jax.tree.map(np.asarray, restored['params'])
 
 
+@pytest.fixture(scope='module')
+def single_device_run(tiny_config_factory, tmp_path_factory):
+  """(workdir, result, final parameters) of the run on one device."""
+  config = tiny_config_factory(mode='single', num_devices=1)
+  workdir = tmp_path_factory.mktemp('single')
+  result = train.train_and_evaluate(config, str(workdir))
+  return workdir, result, _final_params(config, str(workdir))[1]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('mode,devices', [('single', 1), ('data', 2),
                                           ('tower', 2), ('data_tower', 4),
-                                          ('hybrid', 2)])
-def test_main_runs_every_mode(tiny_config_factory, tmp_path, mode, devices):
+                                          ('hybrid', 2), ('hybrid_2d', 2)])
+def test_main_runs_every_mode_to_the_single_device_parameters(
+    tiny_config_factory, tmp_path, single_device_run, mode, devices):
   ten_crop = mode == 'tower'  # Compiling it once is enough.
   config = tiny_config_factory(mode=mode, num_devices=devices,
                                eval_ten_crop=ten_crop)
-  result = train.train_and_evaluate(config, str(tmp_path))
+  if mode == 'single':
+    tmp_path, result, _ = single_device_run
+  else:
+    result = train.train_and_evaluate(config, str(tmp_path))
   lines = _lines(tmp_path)
   names = set().union(*lines)
   assert set(METRICS) - (set() if ten_crop else TEN_CROP_METRICS) <= names
@@ -58,18 +77,12 @@ def test_main_runs_every_mode(tiny_config_factory, tmp_path, mode, devices):
   assert 0.0 <= result['eval/top1_error'] <= 1.0
   assert checkpoint.manager(str(tmp_path / 'checkpoints')).all_steps() == [
       2, 4]
-
-
-def test_runs_in_every_mode_reach_the_same_parameters(tiny_config_factory,
-                                                      tmp_path):
-  finals = []
-  for mode, devices in (('single', 1), ('tower', 2)):
-    config = tiny_config_factory(mode=mode, num_devices=devices,
-                                 eval_ten_crop=False)
-    train.train_and_evaluate(config, str(tmp_path / mode))
-    finals.append(_final_params(config, str(tmp_path / mode))[1])
-  for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Every mode computes the same function: after 4 steps (augmentation and
+  # dropout on), the parameters one device reached, to float32 rounding.
+  _, params = _final_params(config, str(tmp_path))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               params, single_device_run[2])
 
 
 def _wrong_at_k(probs, labels, k):
@@ -120,6 +133,7 @@ def test_eval_step_gives_both_protocols_from_one_batch(small_spec):
     assert float(centre_only[key]) == float(out[key])
 
 
+@pytest.mark.slow
 def test_steps_build_without_tensorflow():
   """The GPU machines have no TensorFlow: only reading data (the loop in
   `train`) may need it; the steps, their benchmark and cost do not."""
@@ -168,6 +182,7 @@ def _wait_for(predicate, proc, timeout=240):
     time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tiny_config_factory,
                                                     tmp_path):
   base = _subprocess_overrides(tiny_config_factory())
@@ -197,6 +212,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_config_factory,
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_where_it_stopped(tiny_config_factory, tmp_path):
   base = _subprocess_overrides(tiny_config_factory())
   proc = subprocess.Popen(
@@ -220,21 +236,49 @@ def test_sigterm_saves_where_it_stopped(tiny_config_factory, tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
-    tiny_config_factory, tmp_path):
-  config = tiny_config_factory(num_train_steps=6, checkpoint_every_steps=2,
-                               eval_every_steps=100)
-  config.optimizer.learning_rate = 1e6  # Diverges within a few steps.
-  with pytest.raises(FloatingPointError, match=r'at step \d+') as error:
+@pytest.fixture(scope='module')
+def two_good_steps(tiny_config_factory, tmp_path_factory):
+  """A run of 2 steps, checkpointed at step 2, and its final parameters."""
+  config = tiny_config_factory(num_train_steps=2, eval_every_steps=100)
+  workdir = tmp_path_factory.mktemp('good')
+  train.train_and_evaluate(config, str(workdir))
+  return workdir, _final_params(config, str(workdir))[1]
+
+
+# Resumed from step 2 at a learning rate that breaks step 3's update. At
+# 1e30 the parameters stay finite (float32 reaches 3e38) but step 4's
+# forward pass overflows: the loss check stops it. At infinity the
+# parameters themselves are not finite after step 3, whose checkpoint
+# (every step) refuses them.
+@pytest.mark.slow
+@pytest.mark.parametrize('learning_rate,every,what,bad_step', [
+    (1e30, 2, r'training loss \(nan\)', 4),
+    (float('inf'), 1, 'parameters', 3)])
+def test_nonfinite_stops_at_its_step_and_keeps_the_last_good_checkpoint(
+    tiny_config_factory, tmp_path, two_good_steps, learning_rate, every, what,
+    bad_step):
+  good, good_params = two_good_steps
+  shutil.copytree(good, tmp_path, dirs_exist_ok=True)
+  config = tiny_config_factory(num_train_steps=6, eval_every_steps=100,
+                               checkpoint_every_steps=every)
+  config.optimizer.learning_rate = learning_rate
+  with pytest.raises(FloatingPointError, match=(
+      rf'^non-finite {what} at step {bad_step}; stopped\. The latest '
+      r'checkpoint \(step 2\) holds the last good parameters\.$')):
     train.train_and_evaluate(config, str(tmp_path))
-  bad_step = int(str(error.value).split('at step ')[1].split(';')[0])
-  steps = checkpoint.manager(str(tmp_path / 'checkpoints')).all_steps()
-  assert all(s <= bad_step for s in steps)
-  if steps:
-    _, params = _final_params(config, str(tmp_path))
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  assert _steps(tmp_path) == [2]
+  step, params = _final_params(config, str(tmp_path))
+  assert step == 2
+  jax.tree.map(np.testing.assert_array_equal, params, good_params)
+  # metrics.jsonl numbers steps as the message does: every step before the
+  # one named logged a finite loss (and step 3's, logged before its save).
+  losses = {line['step']: line['train/loss'] for line in _lines(tmp_path)
+            if 'train/loss' in line}
+  assert sorted(losses) == [1, 2, 3]
+  assert all(np.isfinite(list(losses.values())))
 
 
+@pytest.mark.slow
 def test_eval_only_restores_onto_another_mode(tiny_config_factory, tmp_path):
   config = tiny_config_factory(mode='tower', num_devices=2,
                                eval_ten_crop=True)
@@ -245,6 +289,33 @@ def test_eval_only_restores_onto_another_mode(tiny_config_factory, tmp_path):
     assert result[key] == pytest.approx(trained[key], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_eval_only_from_the_command_line(tiny_config_factory, tmp_path,
+                                        two_good_steps):
+  """`main --eval_only --checkpoint=STEP_DIR` on another mode gives the
+  evaluation the training run logged at that step, and logs it."""
+  good, _ = two_good_steps
+  trained = [line for line in _lines(good) if 'eval/top1_error' in line]
+  assert [line['step'] for line in trained] == [2]
+  config = tiny_config_factory(mode='data', num_devices=2)
+  step_dir = good / 'checkpoints' / '2'
+  result = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main',
+       f'--config={REPO}/configs/demo.py', '--eval_only',
+       f'--checkpoint={step_dir}', f'--workdir={tmp_path}',
+       *experiment_config.overrides(config)],
+      env=experiment_config.subprocess_env(), capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  last = result.stdout.strip().splitlines()[-1]
+  assert last.startswith(f'checkpoint {good}/checkpoints/2: '), last
+  logged, = _lines(tmp_path)
+  assert logged['step'] == 2
+  for key in ('eval/top1_error', 'eval/top5_error', 'eval/num_examples'):
+    assert logged[key] == pytest.approx(trained[0][key], abs=1e-6), key
+    assert f'{key} {logged[key]}' in last
+
+
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused(tiny_config_factory, tmp_path):
   train.train_and_evaluate(tiny_config_factory(num_train_steps=2,
                                                eval_ten_crop=False),
@@ -270,6 +341,7 @@ def test_missing_dataset_is_a_clear_error(tiny_config_factory, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
+@pytest.mark.slow
 def test_unknown_config_key_fails_at_startup(tmp_path):
   result = subprocess.run(
       _main_cmd(tmp_path, {'batch_sise': 3}),

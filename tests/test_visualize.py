@@ -118,6 +118,7 @@ def _tensorboard_values(workdir: str) -> dict[str, list]:
   return out
 
 
+@pytest.mark.slow
 def test_evaluation_logs_conv1_grid_and_scores(tiny_run):
   config, workdir = tiny_run
   logged = _tensorboard_values(workdir)
@@ -148,6 +149,7 @@ def _cli_overrides(config) -> list[str]:
   return flags
 
 
+@pytest.mark.slow
 def test_cli_writes_the_figures_and_prints_scores(tiny_run, tmp_path):
   config, workdir = tiny_run
   out = tmp_path / 'figures'
@@ -159,8 +161,8 @@ def test_cli_writes_the_figures_and_prints_scores(tiny_run, tmp_path):
       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
       check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  line, = [l for l in result.stdout.splitlines()
-           if l.startswith('color_specificity ')]
+  line, = [out for out in result.stdout.splitlines()
+           if out.startswith('color_specificity ')]
   scores = [float(v) for v in line.split()[1:]]
   logged = _tensorboard_values(workdir)
   np.testing.assert_allclose(
@@ -187,6 +189,7 @@ def _val_files(config) -> list[str]:
   return sorted(glob.glob(os.path.join(root, first_class, '*')))
 
 
+@pytest.mark.slow
 def test_figures_see_what_predict_sees(tiny_run, tmp_path):
   config, workdir = tiny_run
   params, spec, meta = checkpoint.load_params(workdir)

@@ -17,7 +17,6 @@ from typing import Iterable
 from alexnet_jax import models
 from alexnet_jax.analysis import hlo
 
-
 PARAM_BYTES = 4  # Parameters, gradients and optimizer state are float32.
 
 

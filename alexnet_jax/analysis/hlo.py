@@ -7,6 +7,7 @@ checked against what the compiler produced, not against intentions.
 import dataclasses
 import math
 import re
+
 import numpy as np
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'reduce-scatter',

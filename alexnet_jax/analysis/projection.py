@@ -43,7 +43,6 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax.analysis import comms
 
-
 GRADIENT_TERMS = ('bwd: every gradient', 'bwd: conv gradients',
                   "bwd: this tower's gradients over data",
                   'bwd: FC gradients over data')

@@ -9,9 +9,10 @@ traced steps and the devices):
                                 runs and no compute does (0 to 1)
 
 and a table of each collective kind: its count and bytes per step (read
-from the compiled program as `analysis.comms` reads them), its measured time, and the
-effective bandwidth those imply. A collective's time runs from its start to
-its end on that device, so it includes waiting for the slowest peer.
+from the compiled program as `analysis.comms` reads them), its measured
+time, and the effective bandwidth those imply. A collective's time runs
+from its start to its end on that device, so it includes waiting for the
+slowest peer.
 
 Where the ops come from: a GPU's or TPU's device planes (`/device:GPU:N`,
 `/device:TPU:N`: every op, grouped into steps by the `XLA Modules` line);

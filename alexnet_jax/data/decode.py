@@ -7,9 +7,6 @@ definition of the base image: the raw path crops from it and
 
 import tensorflow as tf
 
-tf.config.set_visible_devices([], 'GPU')
-
-
 _JPEG_TAIL = 16_384
 _MAGIC = {
     'jpeg': b'\xff\xd8\xff',

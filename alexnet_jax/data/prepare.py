@@ -1,6 +1,7 @@
 """Stores a dataset's base images once, as JPEGs in a few large shard files.
 
-The command line is `python -m alexnet_jax.tools.prepare` (alexnet_jax/tools/prepare.py).
+The command line is `python -m alexnet_jax.tools.prepare`
+(alexnet_jax/tools/prepare.py).
 Reads the configured dataset (`imagenet2012` from TFDS, `folder:ROOT`,
 `synthetic`), makes every image's base image with the training pipeline's
 own function (`decode.base_image`: shorter side to resize_size,
@@ -163,8 +164,10 @@ def _task(listing: _Listing, out: str, settings: Settings, split: str,
 
 
 def _init_worker() -> None:
-  """One thread per worker process: the processes use the cores."""
+  """One thread per worker process: the processes use the cores; and no
+  GPU, as in the tool that starts them (`cli.hide_gpus_from_tensorflow`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
 
@@ -378,8 +381,8 @@ def prepare(config, out: str, *, quality: int = 90,
       path = storage.join(out, shard_name(split, shard, num_shards))
       if _read_json(_done_marker(path)) is None:
         tasks.append(_task(listing, out, settings, split, shard))
-  mine = len(range(process_index, sum(settings.num_shards.values()),
-                   process_count))
+  mine = sum(len(range(process_index, num_shards, process_count))
+             for num_shards in settings.num_shards.values())
   print(f'prepare: {config.dataset} -> {out}: {num_listed["train"]} train '
         f'and {num_listed["val"]} val images; {len(tasks)} shards to write '
         f'here ({mine - len(tasks)} done)', flush=True)

@@ -31,8 +31,6 @@ import tensorflow_datasets as tfds
 from alexnet_jax import storage
 from alexnet_jax.data import synthetic
 
-tf.config.set_visible_devices([], 'GPU')
-
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -211,7 +209,8 @@ def _check_split_layout(split: str, split_dir: str, count: int) -> None:
   raise ValueError(
       f'folder dataset, split {split!r}: {split_dir} has {found}; expected '
       f'{split_dir}/<class>/<image> with the class folders of train/ '
-      '(README, "Data", shows how to arrange ImageNet\'s validation set)')
+      '(docs/data.md, "ImageNet", shows how to arrange ImageNet\'s '
+      'validation set)')
 
 
 @functools.lru_cache(maxsize=8)

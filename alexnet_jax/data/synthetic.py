@@ -19,7 +19,8 @@ import tempfile
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 # Bump when the drawing code changes, so old caches are not reused.
 _GENERATOR_VERSION = 1

@@ -24,7 +24,6 @@ from alexnet_jax import models
 from alexnet_jax import parallel
 from alexnet_jax import steps
 
-
 # The stop check is fast and noisy: many rounds for its median.
 STOP_CHECK_ROUNDS = 200
 
@@ -69,8 +68,9 @@ def stop_check(config, batch_size: int) -> Callable[[], None]:
 def torch_train_step(spec, batch_size: int,
                      compile_model: bool) -> Callable[[], None]:
   """One step of the same network and SGD in PyTorch (NCHW), blocking."""
-  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
+  from alexnet_jax import torch_reference  # pylint: disable=g-import-not-at-top
 
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   model = torch_reference.TorchAlexNet.from_spec(spec).to(device).train()

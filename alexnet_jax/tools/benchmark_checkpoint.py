@@ -13,7 +13,8 @@ the next save, for this one to finish: here each save starts after the
 previous one is done, as in training, where saves are far apart).
 `save_stall_seconds` is the median time the loop spent in a save call;
 `save_seconds` the time from a save's start until it was complete at the
-location (the last save, waited for). The location's checkpoints are deleted afterwards.
+location (the last save, waited for). The location's checkpoints are
+deleted afterwards.
 """
 
 import statistics

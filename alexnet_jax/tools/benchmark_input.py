@@ -1,8 +1,8 @@
 r"""Measures the training input pipeline's throughput on this machine.
 
-  python -m alexnet_jax.tools.benchmark_input --config=configs/default.py \
+  python -m alexnet_jax.tools.benchmark_input --config=configs/two_tower.py \
       --config.dataset=SOURCE [--batches=N] [--stages]
-  python -m alexnet_jax.tools.benchmark_input --config=configs/default.py \
+  python -m alexnet_jax.tools.benchmark_input --config=configs/two_tower.py \
       --imagenet_like=2000 [--prepare] [--data_dir=DIR]
 
 Times the training iterator: host batches ready for the device (uint8
@@ -16,8 +16,8 @@ printed, and with the images per CPU-second of this process.
 folder layout (into --data_dir, reused if it already holds them, else a
 temporary folder) and reads them raw, or with `--prepare` from a prepared
 copy of them (`alexnet_jax.tools.prepare`, written beside them or into
-`--prepared_dir`, which may be a bucket). `--stages` shows
-where the time goes: reading (and checking) the bytes, decoding, the base
+`--prepared_dir`, which may be a bucket). `--stages` shows where the time
+goes: reading (and checking) the bytes, decoding, the base
 image, the whole training transform. `--resume` times the first batch after
 restoring the worst position of an epoch against the first of a fresh start.
 """

@@ -1,8 +1,11 @@
 """Converts pretrained AlexNet weights from and to other frameworks.
 
-  python -m alexnet_jax.tools.convert --from=torchvision alexnet.pth --out=CKPT_DIR
-  python -m alexnet_jax.tools.convert --from=caffe bvlc_alexnet.npy --out=CKPT_DIR
-  python -m alexnet_jax.tools.convert --to=torchvision CKPT_DIR --out=alexnet.pth
+  python -m alexnet_jax.tools.convert --from=torchvision alexnet.pth \
+      --out=CKPT_DIR
+  python -m alexnet_jax.tools.convert --from=caffe bvlc_alexnet.npy \
+      --out=CKPT_DIR
+  python -m alexnet_jax.tools.convert --to=torchvision CKPT_DIR \
+      --out=alexnet.pth
 
 The conversions themselves are `alexnet_jax.pretrained`.
 """

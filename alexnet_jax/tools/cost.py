@@ -132,8 +132,8 @@ def format_report(result: dict[str, Any]) -> str:
   if 'plan_projection' in result:
     p = result['plan_projection']
     lines += [f"alexnet_jax.tools.plan's projection on its {p['hardware']} "
-              "preset instead (datasheet links and an assumed one-device speed: "
-              'not a measurement):',
+              'preset instead (datasheet links and an assumed one-device '
+              'speed: not a measurement):',
               f'projected_step_seconds {p["step_s"]:.6g}',
               f'projected_images_per_sec {p["images_per_sec"]:.1f}']
   if seconds:

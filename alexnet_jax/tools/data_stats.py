@@ -1,6 +1,6 @@
 r"""Computes the training set's RGB mean, mean image and colour PCA.
 
-  python -m alexnet_jax.tools.data_stats --config=configs/default.py \
+  python -m alexnet_jax.tools.data_stats --config=configs/two_tower.py \
       --config.dataset=synthetic [--max_images=N] [--out=stats.npz]
 
 The .npz holds `mean_rgb` [3], `mean_image` [R, R, 3] (R = resize_size),

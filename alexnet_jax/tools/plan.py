@@ -131,10 +131,10 @@ def main(argv, flag: dict[str, Any]) -> None:
       raise ValueError(f'--modes: unknown {mode!r}; choose from '
                        f'{parallel.MODES}')
   counts = _ints(flag['devices'].value, 'devices')
-  rows, skipped = projection.plan(hw, modes, counts, comms.net_shape(spec), spec,
-                       projection.device_rate(hw),
-                       flag['batch_per_device'].value,
-                       flag['global_batch'].value)
+  rows, skipped = projection.plan(
+      hw, modes, counts, comms.net_shape(spec), spec,
+      projection.device_rate(hw), flag['batch_per_device'].value,
+      flag['global_batch'].value)
   for reason in skipped:
     print(f'skipped: {reason}', file=sys.stderr)
   if not rows:

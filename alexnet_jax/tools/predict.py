@@ -1,8 +1,10 @@
 """Top-5 classes of images under a checkpoint's own input conventions.
 
   python -m alexnet_jax.tools.predict --checkpoint=CKPT_DIR cat.jpg dog.png
-  python -m alexnet_jax.tools.predict --checkpoint=CKPT_DIR batch.npy --out=x.npz
-  python -m alexnet_jax.tools.predict --checkpoint=CKPT_DIR cat.jpg --plot=top5.png
+  python -m alexnet_jax.tools.predict --checkpoint=CKPT_DIR batch.npy \
+      --out=x.npz
+  python -m alexnet_jax.tools.predict --checkpoint=CKPT_DIR cat.jpg \
+      --plot=top5.png
 
 Images (JPEG, PNG, anything TensorFlow decodes) get the evaluation
 transform the checkpoint's meta records (resize, centre crop, mean, scale,

@@ -1,6 +1,6 @@
 r"""Stores a dataset's base images once, as JPEGs in a few large shard files.
 
-  python -m alexnet_jax.tools.prepare --config=configs/default.py --out=DIR \
+  python -m alexnet_jax.tools.prepare --config=configs/two_tower.py --out=DIR \
       [--config.dataset=folder:ROOT] [--quality=90] [--workers=N] \
       [--process_index=i --process_count=P]
 
@@ -32,7 +32,8 @@ def define_flags() -> cli.Flags:
           'out', None, 'Output directory (or bucket path).'),
       'quality': flags.DEFINE_integer(
           'quality', 90,
-          'JPEG quality of the stored images (see README, "Data").'),
+          'JPEG quality of the stored images (see docs/data.md, '
+          '"Prepared data", for the measured choice).'),
       'examples_per_shard': flags.DEFINE_integer(
           'examples_per_shard', 1024, 'Images per shard file (about).'),
       'workers': flags.DEFINE_integer(

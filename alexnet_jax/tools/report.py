@@ -1,6 +1,7 @@
 """Compares training runs side by side: a Markdown table and plots.
 
-  python -m alexnet_jax.tools.report DIR [DIR ...] --out REPORT_DIR [--intro TEXT]
+  python -m alexnet_jax.tools.report DIR [DIR ...] --out REPORT_DIR \
+      [--intro TEXT]
   python -m alexnet_jax.tools.report --scaling=h100_sxm8 --out REPORT_DIR \
       [--cost_json=A.json,B.json]
 
@@ -210,8 +211,8 @@ def write_report(workdirs: list[str], out_dir: str, intro: str = '') -> str:
           'steps (`python -m alexnet_jax.tools.profile`, profile.json): the '
           "device's step, the time in which compute runs, in which a "
           'collective runs, and the share of the step in which a collective '
-          'runs and no compute does. Projected: `alexnet_jax.tools.plan` on the '
-          'preset of the profiled hardware, where it has one.']
+          'runs and no compute does. Projected: `alexnet_jax.tools.plan` on '
+          'the preset of the profiled hardware, where it has one.']
          if measured else []),
        *[f'![{name[:-4]}]({name})' for name in images]]) + '\n'
   storage.write_text(storage.join(out_dir, 'README.md'), text)

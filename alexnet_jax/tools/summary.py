@@ -5,7 +5,6 @@
 
 from typing import Any
 
-
 from alexnet_jax import cli
 from alexnet_jax import models
 from alexnet_jax import parallel
@@ -23,7 +22,11 @@ def layer_rows(spec, strategy) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-  lines = [f'{"layer":<7}{"output per tower":>24}{"params":>14}'
+  """One line per layer: its output as the number of towers times one
+  tower's shape (H x W x C, per image), its parameters and forward
+  multiply-adds per image over all towers, and the mesh axes that split its
+  weights."""
+  lines = [f'{"layer":<7}{"towers x HxWxC":>24}{"params":>14}'
            f'{"fwd MACs/image":>17}  split over']
   for r in rows:
     shape = f'{r["towers"]} x ' + 'x'.join(map(str, r['output']))

@@ -1,4 +1,7 @@
-"""Ablation: tanh instead of ReLU (the paper reports ReLU trains about 6x faster)."""
+"""Ablation: tanh instead of ReLU.
+
+The paper reports that ReLU trains about 6x faster.
+"""
 
 from alexnet_jax import defaults
 
