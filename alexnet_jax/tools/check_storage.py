@@ -58,7 +58,7 @@ def _hold(probe: str) -> None:
 
 
 CHECKS = (('files (TensorFlow: config, metrics, TensorBoard, data)', _files),
-          ('checkpoint (orbax and tensorstore)', _checkpoint),
+          ('checkpoint (arrays through tensorstore)', _checkpoint),
           ('run hold (one run per workdir)', _hold))
 
 
