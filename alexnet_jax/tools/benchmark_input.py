@@ -144,8 +144,7 @@ def _stage_rate(config, transform, count: int) -> float:
 def stage_rates(config, count: int) -> dict[str, float]:
   """Throughput of each cumulative stage of the training transform."""
   size = config.input.resize_size
-  full = augment.make_train_preprocess(config, seed=0, process_index=0,
-                                              epoch=0)
+  full = augment.make_train_preprocess(config, seed=0, epoch=0)
   stages = {
       'read': lambda r: tf.strings.length(r['encoded']),
       'read + validity check': lambda r: tf.cast(
