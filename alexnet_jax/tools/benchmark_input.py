@@ -110,7 +110,7 @@ def time_train_iterator(config, batches: int, warmup: int
 
 def time_resume(config) -> tuple[float, float]:
   """Seconds to the first batch from a fresh start and from the worst
-  position: just before the end of the epoch's last block."""
+  position: just before the end of the epoch's last window."""
   def first_batch(state):
     start = time.perf_counter()
     iterator = iterators.create_train_iterator(config)
