@@ -62,7 +62,7 @@ def datasets(tmp_path_factory):
   root = tmp_path_factory.mktemp('folder')
   shutil.copytree(synthetic.generate_from_config(base), root,
                   dirs_exist_ok=True)
-  first_class = sorted(os.listdir(root / 'train'))[0]
+  first_class = min(os.listdir(root / 'train'))
   (root / 'train' / first_class / 'broken.png').write_bytes(b'not an image')
   prepared = tmp_path_factory.mktemp('prepared')
   prepare.prepare(base, str(prepared), examples_per_shard=2, workers=1)

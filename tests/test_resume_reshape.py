@@ -57,7 +57,7 @@ def _run(config, workdir, processes: int, steps: int) -> list[str]:
        f'--config={REPO}/configs/demo.py', f'--workdir={workdir}',
        *experiment_config.overrides(config), *target],
       env=experiment_config.subprocess_env(), capture_output=True,
-      text=True, timeout=600)
+      text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
   return [result.stdout + result.stderr]
 
@@ -98,7 +98,7 @@ def datasets(tiny_config_factory, tmp_path_factory):
   root = synthetic.generate_from_config(config)
   folder = tmp_path_factory.mktemp('folder')
   shutil.copytree(root, folder, dirs_exist_ok=True)
-  first_class = sorted(os.listdir(folder / 'train'))[0]
+  first_class = min(os.listdir(folder / 'train'))
   (folder / 'train' / first_class / 'broken.png').write_bytes(b'\x89PNG no')
   prepared = tmp_path_factory.mktemp('prepared')
   prepare.prepare(config, str(prepared), examples_per_shard=5, workers=1)
@@ -112,7 +112,7 @@ CASES = [
     ('data', 4, 'synthetic', 2, 1, 4),
     ('tower', 2, 'folder', 2, 1, 2),
     ('data_tower', 4, 'prepared', 2, 1, None),
-    ('hybrid', 4, 'folder', 2, 1, None),
+    ('hybrid', 2, 'folder', 2, 1, None),
 ]
 
 

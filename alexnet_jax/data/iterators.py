@@ -250,25 +250,21 @@ class TrainIterator:
     seed = self._config.seed
     epoch, start = self._start
     example = functools.partial(_train_example, self._config, seed)
-    if self.global_order:
-      rows = sources.Rows(epoch * self._epoch_size + start,
-                          self._config.batch_size, self._process_index,
-                          self._process_count)
-      if self._source.checks_bytes:
-        ds = self._source.train_records(
-            seed, rows, functools.partial(_first_decodable, example))
-      else:
-        ds = self._source.train_records(seed, rows).map(
-            example, num_parallel_calls=_AUTOTUNE)
-    elif self._source.checks_bytes:
+    if not self.global_order:  # TFDS: this process's share.
       ds = self._source.train_records(seed, epoch, start, self._process_index,
                                       self._process_count)
       ds = decodable_only(ds, give_up_after=self._epoch_size)
-      ds = map_dropping_undecodable(ds, example)
-    else:
-      ds = self._source.train_records(seed, epoch, start, self._process_index,
-                                      self._process_count).map(
-                                          example, num_parallel_calls=_AUTOTUNE)
+      return self._batched(map_dropping_undecodable(ds, example))
+    rows = sources.Rows(epoch * self._epoch_size + start,
+                        self._config.batch_size, self._process_index,
+                        self._process_count)
+    if self._source.checks_bytes:
+      return self._batched(self._source.train_records(
+          seed, rows, functools.partial(_first_decodable, example)))
+    return self._batched(self._source.train_records(seed, rows).map(
+        example, num_parallel_calls=_AUTOTUNE))
+
+  def _batched(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     ds = ds.batch(self._batch_size)
     return ds.prefetch(self._config.input.prefetch_batches).with_options(
         _options())
