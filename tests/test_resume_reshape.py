@@ -4,7 +4,9 @@ and ends where a run that was never stopped ends.
 Each case starts its processes apart, as a pod or a scheduler starts them
 (loopback coordinator, `--process_id`), stops them with SIGTERM mid-epoch,
 resumes with another number of processes (the devices per process chosen
-so that the global device count stays), and compares the final parameters
+so that the global device count stays: 2 -> 1 in every mode, 2 -> 4 from
+the same checkpoint in mode data, 1 -> 2 after the first resume in mode
+tower), and compares the final parameters
 with an uninterrupted one-process run at the same global batch, in this
 process. Augmentation and dropout are on: both are keyed by what the global
 order and the global batch fix, not by the process. Every mode and every
@@ -106,37 +108,45 @@ def datasets(tiny_config_factory, tmp_path_factory):
           'prepared': f'prepared:{prepared}'}
 
 
-# (mode, num_devices, source, processes stopped, processes resumed after,
-# then, if any, the processes of a second resume).
+# (mode, num_devices, source, processes stopped, processes resumed, then
+# processes resuming a copy of the same checkpoint, or those of a second
+# resume after the first).
 CASES = [
-    ('data', 4, 'synthetic', 2, 1, 4),
-    ('tower', 2, 'folder', 2, 1, 2),
-    ('data_tower', 4, 'prepared', 2, 1, None),
-    ('hybrid', 2, 'folder', 2, 1, None),
+    ('data', 4, 'synthetic', 2, 1, {'also': 4}),
+    ('tower', 2, 'folder', 2, 1, {'then': 2}),
+    ('data_tower', 4, 'prepared', 2, 1, {}),
+    ('hybrid', 2, 'folder', 2, 1, {}),
 ]
 
 
-@pytest.mark.parametrize('mode,devices,source,stopped,resumed,again', CASES)
+@pytest.mark.parametrize('mode,devices,source,stopped,resumed,more', CASES)
 def test_resumes_exactly_on_another_shape(tiny_config_factory, datasets,
                                           tmp_path, mode, devices, source,
-                                          stopped, resumed, again):
+                                          stopped, resumed, more):
   config = tiny_config_factory(
       mode=mode, num_devices=devices, dataset=datasets[source],
       num_train_steps=10_000, checkpoint_every_steps=10_000,
       eval_every_steps=10_000)
   workdir = tmp_path / 'stopped'
-  step = _stop_with_sigterm(config, workdir, stopped)
-  step += 3
-  output = _run(config, workdir, resumed, step)[0]
-  assert f'resumed from {workdir}/checkpoints/{step - 3}' in output
-  assert 'restarts epoch' not in output
-  if again:
+  saved = _stop_with_sigterm(config, workdir, stopped)
+  shapes = [f'{stopped} -> {resumed}']
+  workdirs = [workdir]
+  if 'also' in more:
+    workdirs.append(tmp_path / 'copy')
+    shutil.copytree(workdir, workdirs[-1])
+    shapes.append(f'{stopped} -> {more["also"]}')
+  step = saved + 3
+  for where, processes in zip(workdirs, (resumed, more.get('also'))):
+    output = _run(config, where, processes, step)[0]
+    assert f'resumed from {where}/checkpoints/{saved}' in output
+    assert 'restarts epoch' not in output
+  if 'then' in more:
     step += 2
-    _run(config, workdir, again, step)
+    _run(config, workdir, more['then'], step)
+    shapes[0] += f' -> {more["then"]}'
   config.num_train_steps = step
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
-  worst = _assert_same_parameters(config, workdir, tmp_path / 'straight',
-                                  step)
-  print(f'{mode} {source}: {stopped} -> {resumed}'
-        f'{f" -> {again}" if again else ""} processes, max |difference| '
-        f'{worst:g}')
+  for where, shape in zip(workdirs, shapes):
+    worst = _assert_same_parameters(config, where, tmp_path / 'straight',
+                                    step)
+    print(f'{mode} {source}: {shape} processes, max |difference| {worst:g}')
