@@ -159,6 +159,28 @@ def _position_changes(config: Any, train_iter: iterators.TrainIterator,
           if saved[k] != now[k]]
 
 
+def _why_not_exact(config: Any, train_iter: iterators.TrainIterator,
+                   saved: list[dict[str, Any]]) -> str | None:
+  """Why the saved data position cannot continue exactly here, or None."""
+  is_global = saved[0].get('order') == GLOBAL_ORDER
+  if train_iter.global_order and is_global:
+    changed = _position_changes(config, train_iter, saved[0])
+    return (f'the data changed since the checkpoint ({"; ".join(changed)})'
+            if changed else None)
+  if train_iter.global_order:
+    return (f'the checkpoint holds {len(saved)} per-process data positions '
+            'of an older version, whose order this version does not '
+            'continue')
+  if is_global:
+    return (f'the checkpoint\'s data position is one in the global order of '
+            f'{saved[0]["dataset"]}, which {config.dataset} does not have')
+  if len(saved) != jax.process_count():
+    return (f'the checkpoint was written by {len(saved)} processes, not '
+            f'{jax.process_count()}: {config.dataset} gives each process a '
+            'share of its own, so the shares differ')
+  return None
+
+
 def _restore_data_position(config: Any, train_iter: iterators.TrainIterator,
                            saved: list[dict[str, Any]],
                            first_shard: bool) -> None:
@@ -166,34 +188,23 @@ def _restore_data_position(config: Any, train_iter: iterators.TrainIterator,
   where the order is global.
 
   Where the position cannot continue exactly it stops with one line, or,
-  with config.accept_data_change, restarts the saved epoch and says so.
+  with config.accept_data_change, restarts the saved epoch and says so; a
+  position of an older version's order restarts its epoch and says so.
   `first_shard`: whether this process reads input shard 0, which carries
   the count of skipped files of a global position.
   """
   epoch = int(saved[0]['epoch'])
-  is_global = saved[0].get('order') == GLOBAL_ORDER
-  if train_iter.global_order and is_global:
-    changed = _position_changes(config, train_iter, saved[0])
-    why = (f'the data changed since the checkpoint ({"; ".join(changed)})'
-           if changed else None)
-  elif train_iter.global_order:
-    why = (f'the checkpoint holds {len(saved)} per-process data positions '
-           'of an older version, whose order this version does not '
-           'continue')
-  elif is_global or len(saved) != jax.process_count():
-    why = (f'the checkpoint was written by {len(saved)} processes, not '
-           f'{jax.process_count()}: {config.dataset} gives each process a '
-           'share of its own, so the shares differ')
-  else:
-    train_iter.set_state(saved[jax.process_index()])
-    return
-  if why is None:
+  why = _why_not_exact(config, train_iter, saved)
+  if why is None and train_iter.global_order:
     train_iter.set_state({'epoch': epoch, 'next_index': saved[0]['next_index'],
                           'num_skipped': (saved[0]['num_skipped']
                                           if first_shard else 0)})
     return
-  if not (config.accept_data_change or (
-      train_iter.global_order and not is_global)):
+  if why is None:
+    train_iter.set_state(saved[jax.process_index()])
+    return
+  older = train_iter.global_order and 'order' not in saved[0]
+  if not (config.accept_data_change or older):
     raise ValueError(
         f'resume: {why}; the data position cannot continue exactly. Set '
         '--config.accept_data_change=true to restart epoch '
