@@ -454,30 +454,28 @@ class _PreparedSource:
     paths, counts = self._split('train')
     order, num_train = self.order, self.num_train
     counts = tf.constant(counts, tf.int64)
-    first_epoch, start = divmod(rows.start, num_train)
 
-    def epoch_records(epoch, skip):
+    def wanted(epoch, window):
       key = _order_key(seed, epoch)
       blocks, firsts, sizes = order.windows(key)
+      positions = tf.range(firsts[window], firsts[window] + sizes[window])
+      return (key, blocks[window], positions,
+              rows.mine(epoch, positions, num_train))
 
-      def wanted(window):
-        positions = tf.range(firsts[window], firsts[window] + sizes[window])
-        return positions, rows.mine(epoch, positions, num_train) & (
-            positions >= skip)
+    def read(epoch, window):
+      key, blocks, positions, mine = wanted(epoch, window)
+      offsets, examples = order.window_order(key, window, blocks)
+      serialized = _read_shards(paths, counts, blocks[blocks >= 0])
+      return _parsed(tf.gather(serialized, offsets[mine]), examples[mine],
+                     epoch, positions[mine])
 
-      def read(window):
-        positions, mine = wanted(window)
-        offsets, examples = order.window_order(key, window, blocks[window])
-        shards = blocks[window][blocks[window] >= 0]
-        serialized = _read_shards(paths, counts, shards)
-        return _parsed(tf.gather(serialized, offsets[mine]), examples[mine],
-                       epoch, positions[mine])
-
-      ds = tf.data.Dataset.range(order.num_windows)
-      ds = ds.filter(lambda w: tf.reduce_any(wanted(w)[1]))
-      return ds.map(read, num_parallel_calls=2).unbatch()
-
-    return _over_epochs(epoch_records, first_epoch, start)
+    # One dataset of (epoch, window): the next epoch's first window is
+    # read while the last one's rows are still going out.
+    windows = tf.data.Dataset.range(rows.start // num_train, _EPOCHS).flat_map(
+        lambda e: tf.data.Dataset.range(order.num_windows).map(
+            lambda w: (e, w)))
+    windows = windows.filter(lambda e, w: tf.reduce_any(wanted(e, w)[3]))
+    return windows.map(read, num_parallel_calls=2).unbatch()
 
   def _eval_range(self, process_index: int, process_count: int):
     total = self.index['splits']['val']['num_examples']
