@@ -394,14 +394,26 @@ def _check_shapes(stored: dict[str, tuple[int, ...]],
           f'{current.get(name)} here but {stored.get(name)} in the checkpoint')
 
 
+def _is_position(position: Any, count: int) -> bool:
+  """Whether `position` is one of `count` data positions: ints 'epoch' and
+  'next_index'; a global one ('order') is the only one and records what it
+  counts in."""
+  keys = ['epoch', 'next_index']
+  if 'order' in position:
+    if count != 1 or not isinstance(position['dataset'], str):
+      return False
+    keys += ['batch_size', 'num_examples', 'seed', 'num_skipped']
+  return all(isinstance(position[k], int) for k in keys)
+
+
 def _is_progress(progress: Any) -> bool:
-  """Whether `progress` has the data positions and learning-rate state."""
+  """Whether `progress` has the data positions (one global one, or one per
+  process) and learning-rate state."""
   try:
     return (bool(progress['data']) and all(
-        isinstance(d['epoch'], int) and isinstance(d['next_index'], int)
-        for d in progress['data']) and all(
-            isinstance(progress['lr_policy'][k], (int, float))
-            for k in ('drops', 'best_error', 'evals_without_progress')))
+        _is_position(d, len(progress['data'])) for d in progress['data'])
+            and all(isinstance(progress['lr_policy'][k], (int, float))
+                    for k in ('drops', 'best_error', 'evals_without_progress')))
   except (KeyError, TypeError):
     return False
 

@@ -80,6 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation (docs/paper.md, Training recipe).
   config.batch_size = 128  # Global.
   config.seed = 0
+  # A resumed run continues its checkpoint's data position exactly, on any
+  # number of processes; if the global batch, dataset, example count or seed
+  # changed it stops instead, unless this accepts restarting the epoch.
+  config.accept_data_change = False
   config.num_train_steps = -1   # -1: use num_epochs.
   config.num_epochs = 90.0
   config.optimizer = ml_collections.ConfigDict()

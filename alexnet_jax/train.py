@@ -129,16 +129,88 @@ def _skipped_in_all_shards(state: dict[str, int],
              ) // readers_per_shard
 
 
-def _restore_data_position(train_iter, states: list[dict[str, int]]) -> None:
-  """Each process continues from its own position, when the count matches."""
-  if len(states) != jax.process_count():
-    logs.console(f'checkpoint was written by {len(states)} processes, not '
-                 f'{jax.process_count()}: the data shards differ, so the '
-                 'input restarts at the saved epoch instead of its position')
-    train_iter.set_state({'epoch': states[0]['epoch'], 'next_index': 0,
-                          'num_skipped': 0})
+# Marks a data position in the global order, one for all processes.
+GLOBAL_ORDER = 'global/1'
+
+
+def _data_position(config: Any, train_iter: iterators.TrainIterator,
+                   state: dict[str, int],
+                   strategy: parallel.Strategy) -> list[dict[str, Any]]:
+  """What a checkpoint stores of the data position: in a global order one
+  position, with what it is a position in; else every process's own."""
+  if not train_iter.global_order:
+    return _gather_over_processes(state)
+  return [{'order': GLOBAL_ORDER, 'epoch': state['epoch'],
+           'next_index': state['next_index'],
+           'num_skipped': _skipped_in_all_shards(state, strategy),
+           'batch_size': config.batch_size,
+           'num_examples': train_iter.epoch_size, 'seed': config.seed,
+           'dataset': config.dataset}]
+
+
+def _position_changes(config: Any, train_iter: iterators.TrainIterator,
+                      saved: dict[str, Any]) -> list[str]:
+  """What differs between a saved global position and this run."""
+  now = {'dataset': config.dataset, 'num_examples': train_iter.epoch_size,
+         'batch_size': config.batch_size, 'seed': config.seed}
+  names = {'dataset': 'dataset', 'num_examples': 'training examples',
+           'batch_size': 'global batch', 'seed': 'seed'}
+  return [f'{names[k]} {saved[k]} -> {now[k]}' for k in now
+          if saved[k] != now[k]]
+
+
+def _why_not_exact(config: Any, train_iter: iterators.TrainIterator,
+                   saved: list[dict[str, Any]]) -> str | None:
+  """Why the saved data position cannot continue exactly here, or None."""
+  is_global = saved[0].get('order') == GLOBAL_ORDER
+  if train_iter.global_order and is_global:
+    changed = _position_changes(config, train_iter, saved[0])
+    return (f'the data changed since the checkpoint ({"; ".join(changed)})'
+            if changed else None)
+  if train_iter.global_order:
+    return (f'the checkpoint holds {len(saved)} per-process data positions '
+            'of an older version, whose order this version does not '
+            'continue')
+  if is_global:
+    return (f'the checkpoint\'s data position is one in the global order of '
+            f'{saved[0]["dataset"]}, which {config.dataset} does not have')
+  if len(saved) != jax.process_count():
+    return (f'the checkpoint was written by {len(saved)} processes, not '
+            f'{jax.process_count()}: {config.dataset} gives each process a '
+            'share of its own, so the shares differ')
+  return None
+
+
+def _restore_data_position(config: Any, train_iter: iterators.TrainIterator,
+                           saved: list[dict[str, Any]],
+                           first_shard: bool) -> None:
+  """Continues from the saved data position, on any number of processes
+  where the order is global.
+
+  Where the position cannot continue exactly it stops with one line, or,
+  with config.accept_data_change, restarts the saved epoch and says so; a
+  position of an older version's order restarts its epoch and says so.
+  `first_shard`: whether this process reads input shard 0, which carries
+  the count of skipped files of a global position.
+  """
+  epoch = int(saved[0]['epoch'])
+  why = _why_not_exact(config, train_iter, saved)
+  if why is None and train_iter.global_order:
+    train_iter.set_state({'epoch': epoch, 'next_index': saved[0]['next_index'],
+                          'num_skipped': (saved[0]['num_skipped']
+                                          if first_shard else 0)})
     return
-  train_iter.set_state(states[jax.process_index()])
+  if why is None:
+    train_iter.set_state(saved[jax.process_index()])
+    return
+  older = train_iter.global_order and 'order' not in saved[0]
+  if not (config.accept_data_change or older):
+    raise ValueError(
+        f'resume: {why}; the data position cannot continue exactly. Set '
+        '--config.accept_data_change=true to restart epoch '
+        f'{epoch} with this run\'s data, or resume with the saved settings')
+  logs.console(f'{why}: the input restarts epoch {epoch} from its start')
+  train_iter.set_state({'epoch': epoch, 'next_index': 0, 'num_skipped': 0})
 
 
 # Called after each evaluation with (writer, step, params, config), on every
@@ -350,15 +422,17 @@ class _Run:
     self.progress.report(done)  # Evaluation time is not training time.
 
   def _save(self, step: int) -> None:
-    """A checkpoint at `step`: parameters, optimizer state, every process's
-    data position and the learning-rate policy."""
+    """A checkpoint at `step`: parameters, optimizer state, the data
+    position and the learning-rate policy."""
     self._flush()
     # A finite loss can still be followed by an update that overflows.
     self._stop_unless_finite(step, steps.all_finite(self.state.params),
                              'non-finite parameters')
     checkpoint.save(self.mngr, step, params=self.state.params,
                     opt_state=self.state.opt_state, meta=self.meta,
-                    progress={'data': _gather_over_processes(self.data_state),
+                    progress={'data': _data_position(
+                        self.config, self.train_iter, self.data_state,
+                        self.strategy),
                               'lr_policy': self.policy.state_dict()})
 
   def _stop(self, step: int, signal_name: str, saved: bool) -> None:
@@ -383,7 +457,8 @@ def _resume(config: Any, spec: models.AlexNetSpec,
   if latest is None:
     return state
   step, restored = latest
-  _restore_data_position(train_iter, restored['progress']['data'])
+  _restore_data_position(config, train_iter, restored['progress']['data'],
+                         strategy.process_batch_shard()[0] == 0)
   policy.load_state_dict(restored['progress']['lr_policy'])
   logs.console(f'resumed from {mngr.directory}/{step}')
   return steps.TrainState(

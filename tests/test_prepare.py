@@ -174,21 +174,24 @@ def _keys(batches):
           for x, y in zip(b['image'], b['label'])]
 
 
-def test_prepared_epochs_are_permutations_of_fixed_shares(three_shards):
+def test_prepared_epochs_are_permutations_split_by_rows(three_shards):
   config = _no_augmentation(_config(three_shards, batch_size=2))
   assert sources.num_train_examples(config) == 10
-  shares = []
-  for p in range(2):
-    iterator = iterators.create_train_iterator(config, process_index=p,
-                                        process_count=2)
-    epochs = [_keys(_take(iterator, 5)) for _ in range(3)]  # 5 per process.
-    assert iterator.get_state()['epoch'] == 3
-    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)
-    assert len({tuple(e) for e in epochs}) > 1  # Reshuffled.
-    shares.append(sorted(epochs[0]))
-  everything = _no_augmentation(_config(three_shards, batch_size=10))
-  assert sorted(shares[0] + shares[1]) == sorted(
-      _keys(_take(iterators.create_train_iterator(everything), 1)))
+  readers = [iterators.create_train_iterator(config, process_index=p,
+                                             process_count=2)
+             for p in range(2)]
+  one = iterators.create_train_iterator(config)
+  epochs = []
+  for _ in range(3):
+    rows = [_keys(_take(reader, 5)) for reader in readers]
+    # Global batch s: row 0 from process 0, row 1 from process 1.
+    interleaved = [key for pair in zip(*rows) for key in pair]
+    assert interleaved == _keys(_take(one, 5))
+    epochs.append(interleaved)
+  assert all(r.get_state()['epoch'] == 3 for r in readers)
+  assert all(sorted(e) == sorted(epochs[0]) for e in epochs)
+  assert len(set(epochs[0])) == 10
+  assert len({tuple(e) for e in epochs}) > 1  # Reshuffled.
 
 
 @pytest.mark.parametrize('k', [1, 3, 6])

@@ -1,7 +1,8 @@
 """The host's augmentation: uint8 crops and flips, PCA lighting offsets.
 
-Every draw is keyed by (seed, process, epoch, example index), so it does not
-depend on where the pipeline started. The float work (lighting, mean, std,
+Every draw is keyed by (seed, epoch, example index) alone, so it depends
+neither on where the pipeline started nor on which process reads the
+example. The float work (lighting, mean, std,
 scale, channel order; the evaluation crops) runs in the compiled steps, in
 `data/device.py`.
 """
@@ -66,21 +67,20 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.round(image * 255.0), tf.uint8)
 
 
-def _element_seed(seed: int, process_index: int, epoch: int,
-                  index: tf.Tensor) -> tf.Tensor:
-  key = tf.constant([seed, process_index], tf.int64)
+def _element_seed(seed: int, epoch: int, index: tf.Tensor) -> tf.Tensor:
+  key = tf.constant([seed, 0], tf.int64)
   key = tf.random.experimental.stateless_fold_in(key, epoch)
   return tf.random.experimental.stateless_fold_in(key, index)
 
 
-def make_train_preprocess(config, *, seed: int, process_index: int,
+def make_train_preprocess(config, *, seed: int,
                           epoch: int) -> Callable[[dict], dict]:
   """The host's share of the training transform of one record.
 
   Returns the uint8 crop, flipped or not, its PCA lighting offset and where
   it lies ('crop': y, x, flipped); `data.device.train_images` does the
-  float work in the compiled step. Every draw is keyed by (seed, process,
-  epoch, index).
+  float work in the compiled step. Every draw is keyed by (seed, epoch,
+  example index).
   """
   inp = config.input
   size, resize = model_input_size(config), inp.resize_size
@@ -89,7 +89,7 @@ def make_train_preprocess(config, *, seed: int, process_index: int,
   def preprocess(record):
     crop_seed, flip_seed, pca_seed = tf.unstack(
         tf.random.experimental.stateless_split(
-            _element_seed(seed, process_index, epoch, record['index']), 3))
+            _element_seed(seed, epoch, record['index']), 3))
     if inp.random_crop:
       offset = random_crop_offset(crop_seed, resize, size)
     else:

@@ -12,6 +12,13 @@ evaluation alike with `DamagedDataError`, one line naming the shard and the
 command that repairs it: a TFRecord cannot be read past a damaged record,
 so skipping would silently drop the rest of the shard, up to 1,024 images.
 
+Training follows the source's global order where it has one (folders,
+synthetic data, prepared datasets): an undecodable file is replaced by the
+next decodable one in the epoch's order, so every process still reads
+exactly its rows of each global batch, and the position is one number for
+all processes. A TFDS dataset drops undecodable files from each process's
+share instead.
+
 Batches are local numpy arrays of `global_batch // process_count` examples;
 `to_global` and `prefetch_to_device` turn them into global `jax.Array`s.
 """
@@ -95,8 +102,13 @@ def _options() -> tf.data.Options:
 
 
 def train_records(config, *, epoch: int = 0) -> tf.data.Dataset:
-  """Epoch `epoch`'s undecoded records {'encoded', 'label', 'index'}."""
+  """Epoch `epoch`'s undecoded records {'encoded', 'label', 'index', ...},
+  in its order."""
   source = sources.from_config(config)
+  if source.global_order:
+    start = epoch * source.num_train
+    return source.train_records(config.seed, sources.Rows(start, 1, 0, 1)
+                                ).take(source.num_train)
   ds = source.train_records(config.seed, epoch, 0, 0, 1)
   return ds.take(source.train_shard_size(1))
 
@@ -154,13 +166,23 @@ def _stop_if_damaged(find_damaged: Callable[[], Optional[str]]) -> None:
     raise DamagedDataError(damaged)
 
 
-def _train_example(config, seed: int, process_index: int,
-                   record: dict) -> dict:
+def _train_example(config, seed: int, record: dict) -> dict:
   preprocess = augment.make_train_preprocess(config, seed=seed,
-                                     process_index=process_index,
-                                     epoch=record['epoch'])
+                                             epoch=record['epoch'])
   return dict(preprocess(record), epoch=record['epoch'],
-              index=record['index'])
+              position=record['position'], substitute=record['substitute'])
+
+
+def _first_decodable(example: Callable[[dict], dict],
+                     candidates: tf.data.Dataset) -> tf.data.Dataset:
+  """`example` of the first decodable candidate, read lazily; if none is,
+  a record at position -1 (which stops the iterator with `_NO_IMAGE`)."""
+  good = decodable_only(candidates).flat_map(
+      lambda r: tf.data.Dataset.from_tensors(r).map(example).ignore_errors())
+  none = {k: tf.zeros([d or 0 for d in spec.shape], spec.dtype)
+          for k, spec in good.element_spec.items()}
+  none['position'] = tf.constant(-1, tf.int64)
+  return good.take(1).concatenate(tf.data.Dataset.from_tensors(none)).take(1)
 
 
 class TrainIterator:
@@ -168,13 +190,17 @@ class TrainIterator:
 
   `get_state()` is the position after the last batch returned; `set_state`
   restores it, so a resumed run sees exactly the batches an uninterrupted one
-  would. Batches span epoch boundaries; the epochs are one tf.data pipeline
-  (a TFDS source: a few epochs per pipeline), so the next epoch's first
-  images are ready before the last one ends.
+  would. With a global order (`global_order`) the position, {'epoch',
+  'next_index'}, counts the examples of the epoch that every process
+  together has consumed, the same on every process: it can be restored on
+  any number of processes. Without one (TFDS) it is the position in this
+  process's share. Batches span epoch boundaries; the epochs are one
+  tf.data pipeline (a TFDS source: a few epochs per pipeline), so the next
+  epoch's first images are ready before the last one ends.
 
   `num_skipped` (part of the state) counts the distinct undecodable files
-  this process was the first to skip: a file that fails in every epoch
-  counts once, and summed over processes each counts once. Files that
+  this process was the first to meet: a file that fails in every epoch
+  counts once, and summed over input shards each counts once. Files that
   cannot be read are retried from the last position, then stop the run
   with `DataReadError`; a damaged prepared shard stops it at once with
   `DamagedDataError`.
@@ -189,10 +215,17 @@ class TrainIterator:
     self._process_index = process_index
     self._process_count = process_count
     self._batch_size = _local_batch_size(config.batch_size, process_count)
-    self._epoch_size = self._source.train_shard_size(process_count)
+    self.global_order = self._source.global_order
+    self._epoch_size = (self._source.num_train if self.global_order else
+                        self._source.train_shard_size(process_count))
     if not self._epoch_size:
       raise ValueError('fewer training examples than processes.')
     self.set_state({'epoch': 0, 'next_index': 0})
+
+  @property
+  def epoch_size(self) -> int:
+    """The examples of an epoch that the position counts."""
+    return self._epoch_size
 
   def get_state(self) -> dict[str, int]:
     return {'epoch': self._epoch, 'next_index': self._next_index,
@@ -216,15 +249,22 @@ class TrainIterator:
   def _dataset(self) -> tf.data.Dataset:
     seed = self._config.seed
     epoch, start = self._start
-    ds = self._source.train_records(seed, epoch, start, self._process_index,
-                                    self._process_count)
-    example = functools.partial(_train_example, self._config, seed,
-                                self._process_index)
-    if self._source.checks_bytes:
+    example = functools.partial(_train_example, self._config, seed)
+    if not self.global_order:  # TFDS: this process's share.
+      ds = self._source.train_records(seed, epoch, start, self._process_index,
+                                      self._process_count)
       ds = decodable_only(ds, give_up_after=self._epoch_size)
-      ds = map_dropping_undecodable(ds, example)
-    else:
-      ds = ds.map(example, num_parallel_calls=_AUTOTUNE)
+      return self._batched(map_dropping_undecodable(ds, example))
+    rows = sources.Rows(epoch * self._epoch_size + start,
+                        self._config.batch_size, self._process_index,
+                        self._process_count)
+    if self._source.checks_bytes:
+      return self._batched(self._source.train_records(
+          seed, rows, functools.partial(_first_decodable, example)))
+    return self._batched(self._source.train_records(seed, rows).map(
+        example, num_parallel_calls=_AUTOTUNE))
+
+  def _batched(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     ds = ds.batch(self._batch_size)
     return ds.prefetch(self._config.input.prefetch_batches).with_options(
         _options())
@@ -278,13 +318,37 @@ class TrainIterator:
                         'from the last batch.', message)
         time.sleep(self.retry_delay_s * attempt)
         self._restart(self._epoch, self._next_index)
-    self._advance(batch['epoch'], batch['index'])
+    if self.global_order:
+      self._advance_global(batch)
+    else:
+      self._advance(batch['epoch'], batch['position'])
     return {k: batch[k] for k in device.TRAIN_KEYS}
 
   def _damaged_shard(self) -> Optional[str]:
+    if self.global_order:
+      return self._source.damaged_train_shard(self._config.seed, self._epoch,
+                                              self._next_index)
     return self._source.damaged_train_shard(
         self._config.seed, self._epoch, self._next_index,
         self._process_index, self._process_count)
+
+  def _advance_global(self, batch: dict[str, np.ndarray]) -> None:
+    """Moves the position past one global batch, after checking that the
+    rows are this process's rows of it; counts the undecodable files met
+    in epoch 0 (every file is in every epoch)."""
+    first = (self._epoch * self._epoch_size + self._next_index +
+             self._process_index * self._batch_size)
+    rows = batch['epoch'] * self._epoch_size + batch['position']
+    if not np.array_equal(rows, first + np.arange(self._batch_size)):
+      raise ValueError(_NO_IMAGE)  # A position found no decodable file.
+    replaced = int(np.sum(batch['substitute'] & (batch['epoch'] == 0)))
+    if replaced:
+      self.num_skipped += replaced
+      logging.warning('Replaced undecodable training files by the next '
+                      'ones: %d distinct so far.', self.num_skipped)
+    self._epoch, self._next_index = divmod(
+        self._epoch * self._epoch_size + self._next_index +
+        self._config.batch_size, self._epoch_size)
 
   def _advance(self, epochs: np.ndarray, indices: np.ndarray) -> None:
     """Moves the state past the rows (epoch, index) and counts the files

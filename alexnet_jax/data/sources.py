@@ -1,18 +1,21 @@
-"""Data sources: which examples each process reads, and in which order.
+"""Data sources: the global order of the examples, and each process's rows.
 
 `config.dataset`: a TFDS name (default `imagenet2012`, manual download),
 `folder:ROOT` (ImageNet's raw layout, `ROOT/{train,val}/<class>/`),
 `synthetic` (generated once, then read as a folder) or `prepared:DIR`
 (written by `alexnet_jax.tools.prepare`). Every source gives records
-{'encoded', 'label', 'index', 'epoch'}: the undecoded image, its position
-in this process's epoch, and the epoch.
+{'encoded', 'label', 'index', 'position', 'epoch'}: the undecoded image,
+its example index in the dataset, the position it fills in the epoch's
+order, and the epoch.
 
-Every source gives each process a fixed share of the training set (the
-same files in every epoch) and visits it, epoch after epoch, in blocks: the
-order of the blocks and the order inside each block are drawn from (seed,
-process, epoch). A folder's share is one block; a prepared dataset's blocks
-are the pieces of its shard files, so a resumed run skips whole shards by
-their counts and reads (without decoding) at most one.
+Folders, synthetic data and prepared datasets visit the training set in one
+global order (`GlobalOrder`): per epoch a permutation of the example
+indices drawn from (seed, epoch) alone, the epochs one after another as one
+stream, global batch s being the stream's examples [s*B, (s+1)*B). A
+process reads only its rows of each global batch, whatever the number of
+processes, so a run resumes exactly on any number of them. A TFDS dataset
+keeps a fixed share per process, in an order drawn from (seed, epoch) per
+share: it resumes exactly on the same number of input shards only.
 """
 
 import dataclasses
@@ -39,34 +42,89 @@ _EPOCHS = 2**62  # "Forever": the train datasets are infinite.
 _READ_BUFFER = 8 << 20  # TFRecord read buffer: few, large reads.
 
 
-def _order_key(seed: int, process_index: int, epoch: tf.Tensor) -> tf.Tensor:
+# Blocks of consecutive prepared examples shuffled together: about 4,096
+# examples at prepare's default 1,024 per shard.
+WINDOW_BLOCKS = 4
+
+
+def _order_key(seed: int, epoch: tf.Tensor) -> tf.Tensor:
   """The key of an epoch's order (augmentation keys fold in indices >= 0)."""
-  key = tf.constant([seed, process_index], tf.int64)
+  key = tf.constant([seed, 0], tf.int64)
   key = tf.random.experimental.stateless_fold_in(key, epoch)
   return tf.random.experimental.stateless_fold_in(key, -1)
 
 
-def _block_permutation(key: tf.Tensor, block: tf.Tensor,
-                       size: tf.Tensor) -> tf.Tensor:
-  """The order of a block's `size` examples in the epoch of `key`."""
-  return tf.random.experimental.stateless_shuffle(
-      tf.range(tf.cast(size, tf.int64)),
-      tf.random.experimental.stateless_fold_in(key, block))
+class GlobalOrder:
+  """Each epoch's order of all examples, from (seed, epoch) alone.
 
-
-def _epoch_blocks(key: tf.Tensor, block_sizes: np.ndarray, skip: tf.Tensor):
-  """The epoch's blocks in order from position `skip` on: (block, examples
-  to skip in it, position in the epoch of its first example read).
-
-  Whole blocks before position `skip` are dropped by their sizes, unread.
+  The examples are stored in blocks of consecutive ones (a prepared
+  dataset's shards; a folder is one block). An epoch shuffles the order of
+  the blocks, cuts it into windows of `window_blocks` blocks and shuffles
+  the examples inside each window: a reader takes whole windows in large
+  sequential reads, and a batch mixes the examples of a window's blocks.
+  One block in one window is a full shuffle.
   """
-  sizes = tf.constant(block_sizes, tf.int64)
-  order = tf.random.experimental.stateless_shuffle(
-      tf.range(len(block_sizes), dtype=tf.int64), key)
-  ends = tf.cumsum(tf.gather(sizes, order))
-  first = tf.reduce_sum(tf.cast(ends <= skip, tf.int64))
-  begins = (ends - tf.gather(sizes, order))[first:]
-  return order[first:], tf.maximum(skip - begins, 0), tf.maximum(begins, skip)
+
+  def __init__(self, block_sizes: np.ndarray, window_blocks: int):
+    self.block_sizes = np.asarray(block_sizes, np.int64)
+    self.block_starts = np.cumsum(self.block_sizes) - self.block_sizes
+    self.num_examples = int(self.block_sizes.sum())
+    self.window_blocks = window_blocks
+    self.num_windows = -(-len(self.block_sizes) // window_blocks)
+
+  def windows(self, key: tf.Tensor):
+    """(blocks [windows, window_blocks], -1 padded; first position; size)
+    of the epoch of `key`, in order."""
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(len(self.block_sizes), dtype=tf.int64), key)
+    pad = self.num_windows * self.window_blocks - len(self.block_sizes)
+    blocks = tf.reshape(tf.pad(order, [[0, pad]], constant_values=-1),
+                        [self.num_windows, self.window_blocks])
+    sizes = tf.reduce_sum(tf.where(
+        blocks >= 0, tf.gather(self.block_sizes, tf.maximum(blocks, 0)), 0),
+                          axis=1)
+    return blocks, tf.cumsum(sizes) - sizes, sizes
+
+  def window_order(self, key: tf.Tensor, window: tf.Tensor,
+                   blocks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(offsets, example indices) of a window's examples in epoch order;
+    offsets count from the window's first stored example (its blocks read
+    in order)."""
+    blocks = blocks[blocks >= 0]
+    stored = tf.ragged.range(tf.gather(self.block_starts, blocks),
+                             tf.gather(self.block_starts + self.block_sizes,
+                                       blocks)).flat_values
+    offsets = tf.random.experimental.stateless_shuffle(
+        tf.range(tf.size(stored, tf.int64)),
+        tf.random.experimental.stateless_fold_in(key, window))
+    return offsets, tf.gather(stored, offsets)
+
+  def epoch(self, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s example indices in order (for tools and tests)."""
+    key = _order_key(seed, tf.constant(epoch, tf.int64))
+    blocks, _, _ = self.windows(key)
+    return np.concatenate([
+        self.window_order(key, tf.constant(w, tf.int64), blocks[w])[1].numpy()
+        for w in range(self.num_windows)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """Which rows of the global stream a reader takes: from stream position
+  `start` on, rows [shard * B / shards, (shard + 1) * B / shards) of every
+  global batch of B examples."""
+  start: int
+  batch_size: int
+  shard: int
+  shards: int
+
+  def mine(self, epoch: tf.Tensor, positions: tf.Tensor,
+           num_examples: int) -> tf.Tensor:
+    """Whether the stream's `positions` of `epoch` are this reader's."""
+    stream = tf.cast(epoch, tf.int64) * num_examples + positions
+    row = tf.math.floormod(stream - self.start, self.batch_size)
+    local = self.batch_size // self.shards
+    return (stream >= self.start) & (row // local == self.shard)
 
 
 def _over_epochs(epoch_records: Callable[[tf.Tensor, tf.Tensor],
@@ -85,9 +143,17 @@ def _over_epochs(epoch_records: Callable[[tf.Tensor, tf.Tensor],
   return tf.data.Dataset.range(first_epoch, _EPOCHS).flat_map(epoch)
 
 
-def _records(encoded, label, index, epoch) -> dict:
+def _records(encoded, label, index, epoch, position=None,
+             substitute=None) -> dict:
+  """A record; `position` defaults to `index`, `substitute` (whether the
+  example stands in for an undecodable one at `position`) to False."""
+  index = tf.cast(index, tf.int64)
+  position = index if position is None else tf.cast(position, tf.int64)
+  if substitute is None:
+    substitute = tf.zeros_like(index, tf.bool)
   return {'encoded': encoded, 'label': tf.cast(label, tf.int32),
-          'index': tf.cast(index, tf.int64), 'epoch': tf.cast(epoch, tf.int64)}
+          'index': index, 'epoch': tf.cast(epoch, tf.int64) + 0 * index,
+          'position': position, 'substitute': substitute}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +166,7 @@ class _FolderSource:
   class_names: tuple[str, ...]
   checks_bytes = True  # Raw files can be undecodable.
   epochs_per_dataset = _EPOCHS
+  global_order = True
 
   @property
   def num_classes(self) -> int:
@@ -109,56 +176,49 @@ class _FolderSource:
   def num_train(self) -> int:
     return len(self.train_paths)
 
-  def train_shard_size(self, process_count: int) -> int:
-    return self.num_train // process_count
+  @property
+  def order(self) -> GlobalOrder:
+    """Every file in one block: each epoch is a full shuffle."""
+    return GlobalOrder(np.array([self.num_train]), 1)
 
-  def epoch_order(self, seed: int, epoch) -> tf.Tensor:
-    """Epoch `epoch`'s order of all files, the same for every process."""
-    epoch = tf.cast(epoch, tf.int64)  # As in the pipeline: keys hash dtypes.
-    return _block_permutation(_order_key(seed, 0, epoch),
-                              tf.constant(0, tf.int64), self.num_train)
+  def train_records(self, seed: int, rows: Rows,
+                    pick: Optional[Callable[[tf.data.Dataset],
+                                            tf.data.Dataset]] = None
+                    ) -> tf.data.Dataset:
+    """The files of `rows` in the global order, epoch after epoch.
 
-  def train_records(self, seed: int, first_epoch: int, start: int,
-                    process_index: int, process_count: int) -> tf.data.Dataset:
-    """Every process_count-th file of each epoch's order, epoch after epoch.
-
-    Records {'encoded', 'label', 'index', 'epoch'}, 'index' being the
-    position in this process's epoch. A global batch holds the same files
-    on any number of processes.
+    With `pick`, each position's record is `pick` of its candidates: the
+    file at that position, then the files after it in the epoch's order
+    (wrapping around), read only as far as `pick` takes them; so an
+    undecodable file is replaced by the next good one, on any number of
+    processes alike.
     """
-    size = self.train_shard_size(process_count)
+    num_train, order = self.num_train, self.order
     paths = tf.constant(self.train_paths.astype(str))
     labels = tf.constant(self.train_labels)
+    first_epoch, start = divmod(rows.start, num_train)
 
     def epoch_records(epoch, skip):
-      order = self.epoch_order(seed, epoch)[process_index::process_count]
-      order = order[skip:size]
-      return tf.data.Dataset.from_tensor_slices(
-          (tf.gather(paths, order), tf.gather(labels, order),
-           tf.range(skip, size), tf.fill(tf.shape(order), epoch)))
+      examples = order.window_order(_order_key(seed, epoch),
+                                    tf.constant(0, tf.int64),
+                                    tf.constant([0], tf.int64))[1]
+      positions = tf.range(skip, num_train)
+      positions = positions[rows.mine(epoch, positions, num_train)]
 
-    ds = _over_epochs(epoch_records, first_epoch, start)
-    return ds.map(lambda p, y, i, e: _records(tf.io.read_file(p), y, i, e),
-                  num_parallel_calls=_AUTOTUNE)
+      def record(candidate, position):
+        example = examples[candidate % num_train]
+        return _records(tf.io.read_file(paths[example]), labels[example],
+                        example, epoch, position, candidate > position)
 
-  def first_skips(self, seed: int, epoch: int, positions: np.ndarray,
-                  process_index: int, process_count: int) -> int:
-    """How many of the files skipped at `positions` of this process's epoch
-    no process read in an earlier epoch (each bad file counts once).
+      ds = tf.data.Dataset.from_tensor_slices(positions)
+      if pick is None:
+        return ds.map(lambda q: record(q, q), num_parallel_calls=_AUTOTUNE)
+      return ds.interleave(
+          lambda q: pick(tf.data.Dataset.range(q, q + num_train).map(
+              lambda c: record(c, q))),
+          block_length=1, num_parallel_calls=_AUTOTUNE, deterministic=True)
 
-    Every epoch reads all files but the last num_train % process_count of
-    its order, so a file is new only in epoch 0 or if it was left out of
-    every epoch before.
-    """
-    files = self.epoch_order(seed, epoch).numpy()[
-        process_index + process_count * positions]
-    read = self.train_shard_size(process_count) * process_count
-    new = np.ones(len(files), bool)
-    for earlier in range(epoch):
-      new &= np.isin(files, self.epoch_order(seed, earlier).numpy()[read:])
-      if not new.any():
-        break
-    return int(new.sum())
+    return _over_epochs(epoch_records, first_epoch, start)
 
   def eval_shard_size(self, process_index: int, process_count: int) -> int:
     return len(self.eval_paths[process_index::process_count])
@@ -257,42 +317,51 @@ def _pieces(counts: np.ndarray, begin: int, end: int) -> np.ndarray:
 WRONG_COUNT = 'a prepared shard holds another number of records than index.json'
 
 
-def _read_pieces(paths: tf.Tensor, counts: np.ndarray, pieces: np.ndarray,
-                 blocks, epoch, order_key: Optional[tf.Tensor]
-                 ) -> tf.data.Dataset:
-  """Records of the pieces `blocks` = (piece, examples to skip, position of
-  the first example read), in `order_key`'s order inside each (if any).
+def _read_shard(paths: tf.Tensor, counts: tf.Tensor,
+                shard: tf.Tensor) -> tf.Tensor:
+  """A shard's serialized records, read whole without decoding; a shard
+  that does not hold the `counts` of index.json stops the pipeline
+  (`WRONG_COUNT`)."""
+  serialized = tf.data.TFRecordDataset(
+      paths[shard], buffer_size=_READ_BUFFER).batch(
+          2**31 - 1).get_single_element()
+  whole = tf.debugging.Assert(
+      tf.equal(tf.size(serialized, tf.int64), counts[shard]),
+      [WRONG_COUNT, paths[shard]])
+  with tf.control_dependencies([whole]):
+    return tf.identity(serialized)
 
-  Each piece's shard file is read whole, without decoding, and its
-  examples are taken in the block's order; a shard that does not hold the
-  `counts` of index.json stops the pipeline (`WRONG_COUNT`). Two blocks are
-  read at a time, in order; everything is done per block, nothing per
-  example.
-  """
+
+def _read_shards(paths: tf.Tensor, counts: tf.Tensor,
+                 shards: tf.Tensor) -> tf.Tensor:
+  """The serialized records of `shards`, one after another."""
+  return tf.data.Dataset.from_tensor_slices(shards).map(
+      functools.partial(_read_shard, paths, counts)).unbatch().batch(
+          2**31 - 1).get_single_element()
+
+
+def _parsed(serialized: tf.Tensor, label_index, epoch, positions) -> dict:
+  examples = tf.io.parse_example(serialized, PREPARED_FEATURES)
+  return _records(examples['image'], examples['label'], label_index, epoch,
+                  positions)
+
+
+def _read_pieces(paths: tf.Tensor, counts: np.ndarray,
+                 pieces: np.ndarray) -> tf.data.Dataset:
+  """Records of the pieces [(shard, first, size)] in stored order, two
+  shards read at a time; everything is done per piece, nothing per
+  example."""
   table = tf.constant(pieces, tf.int64)
-  shard_counts = tf.constant(counts, tf.int64)
+  counts = tf.constant(counts, tf.int64)
+  firsts = tf.constant(np.cumsum(pieces[:, 2]) - pieces[:, 2], tf.int64)
 
-  def read(block, skip, position):
-    shard, first, size = tf.unstack(table[block])
-    if order_key is None:
-      order = tf.range(size)
-    else:
-      order = _block_permutation(order_key, block, size)
-    serialized = tf.data.TFRecordDataset(
-        paths[shard], buffer_size=_READ_BUFFER).batch(
-            2**31 - 1).get_single_element()
-    whole = tf.debugging.Assert(
-        tf.equal(tf.size(serialized, tf.int64), shard_counts[shard]),
-        [WRONG_COUNT, paths[shard]])
-    with tf.control_dependencies([whole]):
-      examples = tf.io.parse_example(
-          tf.gather(serialized, order[skip:] + first), PREPARED_FEATURES)
-    count = size - skip
-    return _records(examples['image'], examples['label'],
-                    tf.range(position, position + count),
-                    tf.fill([count], tf.cast(epoch, tf.int64)))
+  def read(piece):
+    shard, first, size = tf.unstack(table[piece])
+    serialized = _read_shard(paths, counts, shard)[first:first + size]
+    index = tf.range(firsts[piece], firsts[piece] + size)
+    return _parsed(serialized, index, 0, None)
 
-  ds = tf.data.Dataset.from_tensor_slices(blocks)
+  ds = tf.data.Dataset.range(len(pieces))
   return ds.map(read, num_parallel_calls=2).unbatch()
 
 
@@ -345,6 +414,7 @@ class _PreparedSource:
   index: dict
   checks_bytes = False  # Every stored image was encoded by prepare.
   epochs_per_dataset = _EPOCHS
+  global_order = True
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -363,29 +433,45 @@ class _PreparedSource:
   def num_train(self) -> int:
     return self.index['splits']['train']['num_examples']
 
-  def train_shard_size(self, process_count: int) -> int:
-    return self.num_train // process_count
+  @property
+  def order(self) -> GlobalOrder:
+    """The shards are the blocks: a window is WINDOW_BLOCKS shards."""
+    return GlobalOrder(self._split('train')[1], WINDOW_BLOCKS)
 
-  def train_records(self, seed: int, first_epoch: int, start: int,
-                    process_index: int, process_count: int) -> tf.data.Dataset:
-    """This process's contiguous range of the shards, epoch after epoch."""
-    size = self.train_shard_size(process_count)
+  def train_records(self, seed: int, rows: Rows,
+                    pick: Optional[Callable] = None) -> tf.data.Dataset:
+    """The examples of `rows` in the global order, epoch after epoch.
+
+    Each window that holds rows of `rows` is read whole, its shards one
+    after another without decoding, two windows at a time; only the rows'
+    records are parsed. Nothing is done per example.
+    """
+    del pick  # Every stored image was encoded by prepare.
     paths, counts = self._split('train')
-    pieces = _pieces(counts, process_index * size, (process_index + 1) * size)
+    order, num_train = self.order, self.num_train
+    counts = tf.constant(counts, tf.int64)
 
-    def epoch_records(epoch, skip):
-      key = _order_key(seed, process_index, epoch)
-      return _read_pieces(paths, counts, pieces,
-                          _epoch_blocks(key, pieces[:, 2], skip), epoch, key)
+    def wanted(epoch, window):
+      key = _order_key(seed, epoch)
+      blocks, firsts, sizes = order.windows(key)
+      positions = tf.range(firsts[window], firsts[window] + sizes[window])
+      return (key, blocks[window], positions,
+              rows.mine(epoch, positions, num_train))
 
-    return _over_epochs(epoch_records, first_epoch, start)
+    def read(epoch, window):
+      key, blocks, positions, mine = wanted(epoch, window)
+      offsets, examples = order.window_order(key, window, blocks)
+      serialized = _read_shards(paths, counts, blocks[blocks >= 0])
+      return _parsed(tf.gather(serialized, offsets[mine]), examples[mine],
+                     epoch, positions[mine])
 
-  def first_skips(self, seed: int, epoch: int, positions: np.ndarray,
-                  process_index: int, process_count: int) -> int:
-    """Files skipped at `positions` that were not skipped before: a process
-    reads the same share in every epoch, so those of epoch 0."""
-    del seed, process_index, process_count  # The share is fixed.
-    return len(positions) if epoch == 0 else 0
+    # One dataset of (epoch, window): the next epoch's first window is
+    # read while the last one's rows are still going out.
+    windows = tf.data.Dataset.range(rows.start // num_train, _EPOCHS).flat_map(
+        lambda e: tf.data.Dataset.range(order.num_windows).map(
+            lambda w: (e, w)))
+    windows = windows.filter(lambda e, w: tf.reduce_any(wanted(e, w)[3]))
+    return windows.map(read, num_parallel_calls=2).unbatch()
 
   def _eval_range(self, process_index: int, process_count: int):
     total = self.index['splits']['val']['num_examples']
@@ -400,9 +486,7 @@ class _PreparedSource:
                    process_count: int) -> tf.data.Dataset:
     paths, counts = self._split('val')
     pieces = _pieces(counts, *self._eval_range(process_index, process_count))
-    blocks = (np.arange(len(pieces)), np.zeros(len(pieces), np.int64),
-              np.cumsum(pieces[:, 2]) - pieces[:, 2])
-    return _read_pieces(paths, counts, pieces, blocks, 0, None)
+    return _read_pieces(paths, counts, pieces)
 
   def _damaged(self, split: str, shards: Iterable[int]) -> Optional[str]:
     """'FILE: why; how to repair' of the first damaged one of `shards`."""
@@ -417,20 +501,16 @@ class _PreparedSource:
                 'prepared it)')
     return None
 
-  def damaged_train_shard(self, seed: int, epoch: int, position: int,
-                          process_index: int, process_count: int
-                          ) -> Optional[str]:
-    """The first damaged shard of this process's share, checked in the
-    order the pipeline reads them from `position` of `epoch` on, then the
-    rest of the share."""
-    size = self.train_shard_size(process_count)
-    _, counts = self._split('train')
-    pieces = _pieces(counts, process_index * size, (process_index + 1) * size)
-    key = _order_key(seed, process_index, tf.constant(epoch, tf.int64))
-    order, _, _ = _epoch_blocks(key, pieces[:, 2],
-                                tf.constant(position, tf.int64))
-    return self._damaged('train', [*pieces[order.numpy(), 0],
-                                   *pieces[:, 0]])
+  def damaged_train_shard(self, seed: int, epoch: int,
+                          position: int) -> Optional[str]:
+    """The first damaged shard, checked in the order the pipeline reads
+    them from `position` of `epoch` on, then the others."""
+    blocks, firsts, sizes = self.order.windows(
+        _order_key(seed, tf.constant(epoch, tf.int64)))
+    ahead = (firsts + sizes > position).numpy()
+    shards = blocks.numpy()[ahead].ravel()
+    return self._damaged('train', [*shards[shards >= 0],
+                                   *range(len(self.order.block_sizes))])
 
   def damaged_eval_shard(self, process_index: int,
                          process_count: int) -> Optional[str]:
@@ -486,6 +566,7 @@ class _TfdsSource:
   checks_bytes = True
   # Epochs are separate TFDS datasets, chained this many at a time.
   epochs_per_dataset = 4
+  global_order = False  # Each process reads a fixed share.
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -533,7 +614,9 @@ class _TfdsSource:
       epoch_seed = int(np.random.default_rng([seed, epoch]).integers(2**31))
       skip = start if epoch == first_epoch else 0
       part = self._read(split, seed=epoch_seed).skip(skip).enumerate(skip)
-      part = part.map(functools.partial(_tfds_record, epoch=epoch))
+      part = part.map(functools.partial(
+          _tfds_record, epoch=epoch, shard=process_index,
+          shards=process_count))
       ds = part if ds is None else ds.concatenate(part)
     return ds
 
@@ -561,9 +644,13 @@ class _TfdsSource:
     return ds.enumerate().map(functools.partial(_tfds_record, epoch=0))
 
 
-def _tfds_record(index: tf.Tensor, example: dict, *, epoch: int) -> dict:
-  return _records(example['image'], example['label'], index,
-                  tf.constant(epoch, tf.int64))
+def _tfds_record(position: tf.Tensor, example: dict, *, epoch: int,
+                 shard: int = 0, shards: int = 1) -> dict:
+  """A record at `position` of input shard `shard`; its index, which keys
+  its augmentation, is unique over the shards."""
+  return _records(example['image'], example['label'],
+                  position * shards + shard, tf.constant(epoch, tf.int64),
+                  position)
 
 
 def _tfds_data_dir(config) -> str:

@@ -112,7 +112,7 @@ def time_train_iterator(config, batches: int, warmup: int
 
 def time_resume(config) -> tuple[float, float]:
   """Seconds to the first batch from a fresh start and from the worst
-  position: just before the end of the epoch's last block."""
+  position: just before the end of the epoch's last window."""
   def first_batch(state):
     start = time.perf_counter()
     iterator = iterators.create_train_iterator(config)
@@ -146,8 +146,7 @@ def _stage_rate(config, transform, count: int) -> float:
 def stage_rates(config, count: int) -> dict[str, float]:
   """Throughput of each cumulative stage of the training transform."""
   size = config.input.resize_size
-  full = augment.make_train_preprocess(config, seed=0, process_index=0,
-                                              epoch=0)
+  full = augment.make_train_preprocess(config, seed=0, epoch=0)
   stages = {
       'read': lambda r: tf.strings.length(r['encoded']),
       'read + validity check': lambda r: tf.cast(
