@@ -115,7 +115,7 @@ def datasets(tiny_config_factory, tmp_path_factory):
 # processes resuming a copy of the same checkpoint, or those of a second
 # resume after the first).
 CASES = [
-    ('data', 4, 'synthetic', 2, 1, {'also': 4}),
+    ('data', 4, 'synthetic', 2, 4, {}),
     ('tower', 2, 'folder', 2, 1, {'then': 2}),
     ('data_tower', 4, 'prepared', 2, 1, {}),
     ('hybrid', 2, 'folder', 2, 1, {}),
