@@ -62,22 +62,35 @@ class MetricsWriter:
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """The lines of a `metrics.jsonl`, each step's once.
 
-  Files written before runs rewrote them on resume may repeat the steps
-  after a checkpoint: a line at an earlier step than the one before it, or
-  at the same step with the same kind of figures, starts a resumed run,
-  whose lines replace those from that step on. So steps never go back.
+  Blank and cut-off lines are left out. Files written before runs rewrote
+  them on resume may repeat the steps after a checkpoint: a line at an
+  earlier step than the one before it, or at the same step with the same
+  kind of figures, starts a resumed run, whose lines replace those from
+  that step on. So steps never go back.
   """
   lines = []
   for text in storage.read_text(path).splitlines():
-    if not text.strip():
+    line = _metrics_line(text)
+    if line is None:
       continue
-    line = json.loads(text)
     if lines and (line['step'] < lines[-1]['step'] or (
         line['step'] == lines[-1]['step']
         and set(line) & set(lines[-1]) - {'step'})):
       lines = [kept for kept in lines if kept['step'] < line['step']]
     lines.append(line)
   return lines
+
+
+def _metrics_line(text: str) -> dict[str, Any] | None:
+  """One line of metrics.jsonl, or None for a blank or cut-off line (an
+  older run killed while it appended)."""
+  try:
+    line = json.loads(text)
+  except ValueError:
+    return None
+  if not isinstance(line, dict) or not isinstance(line.get('step'), int):
+    return None
+  return line
 
 
 def _plain(value: Any) -> Any:

@@ -96,7 +96,8 @@ def test_reading_an_old_file_that_repeats_steps(tmp_path):
     else:
       lines.append({'step': step, 'eval/top1_error': 0.5})
   (tmp_path / 'metrics.jsonl').write_text(
-      ''.join(json.dumps(line) + '\n' for line in lines))
+      ''.join(json.dumps(line) + '\n' for line in lines)
+      + '{"step": 6, "train/lo')  # Cut off by a kill mid-append.
   assert _steps(str(tmp_path / 'metrics.jsonl')) == [1, 2, 2, 3, 4, 4, 5]
   (tmp_path / 'config.json').write_text(json.dumps({'mode': 'single'}))
   times = report.load_run(str(tmp_path)).wall_time_at()
