@@ -19,7 +19,6 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import checkpoint
 from alexnet_jax import logs
-from alexnet_jax import parallel
 from alexnet_jax import storage
 from alexnet_jax import train
 from alexnet_jax.analysis import trace
@@ -32,21 +31,11 @@ from alexnet_jax.tools import report
 import experiment_config
 import test_multiprocess
 import test_preemption
+import test_train
 
 REPO = os.path.dirname(experiment_config.CONFIGS)
 
 pytestmark = pytest.mark.slow  # Every test starts the emulator or trains.
-
-
-def _final_params(config, workdir):
-  """(step, params on one device) of a workdir's latest checkpoint."""
-  spec = parallel.spec_of(config)
-  mngr = checkpoint.manager(storage.join(workdir, 'checkpoints'))
-  step = mngr.latest_step()
-  one_device = parallel.create_strategy('single', 1, spec, 1)
-  restored = checkpoint.restore(
-      mngr, step, params_like=parallel.abstract_params(spec, one_device))
-  return step, jax.tree.map(np.asarray, restored['params'])
 
 
 def _assert_equal_params(a, b):
@@ -95,8 +84,8 @@ def test_demo_trains_into_a_bucket_and_resumes_exactly_after_sigkill(
     assert done.returncode == 0, output
   assert not list(cwd.iterdir())  # Nothing on local disk.
 
-  step_a, resumed = _final_params(finite, workdir)
-  step_b, straight = _final_params(finite, gcs.url('straight'))
+  step_a, resumed = test_train._final_params(finite, workdir)
+  step_b, straight = test_train._final_params(finite, gcs.url('straight'))
   assert step_a == step_b == target
   _assert_equal_params(resumed, straight)
   lines = logs.read_metrics(storage.join(workdir, 'metrics.jsonl'))
@@ -160,8 +149,8 @@ def test_damaged_checkpoint_in_a_bucket_is_moved_aside(
   moved = storage.glob(storage.join(ckpt_dir, '4.damaged-*'))
   assert len(moved) == 1 and f'moved to {moved[0]}' in warnings[0]
   assert storage.exists(storage.join(moved[0], 'params'))  # Kept.
-  _, resumed = _final_params(config, workdir)
-  _, straight = _final_params(config, source)
+  _, resumed = test_train._final_params(config, workdir)
+  _, straight = test_train._final_params(config, source)
   _assert_equal_params(resumed, straight)
 
 
@@ -177,17 +166,10 @@ def test_two_processes_share_a_bucket_workdir(gcs, tiny_config_factory,
   workdir = gcs.url('two_processes')
 
   def start(overrides=()):
-    return [subprocess.Popen(
-        [sys.executable, '-m', 'alexnet_jax.main',
-         f'--config={REPO}/configs/demo.py', f'--workdir={workdir}',
-         '--distributed', f'--coordinator_address=localhost:{port}',
-         '--num_processes=2', f'--process_id={i}',
-         f'--lost_process_timeout={test_preemption.BOUND}',
-         *experiment_config.overrides(config), *overrides],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True) for i in range(2)]
+    return test_preemption._start(config, workdir,
+                                  test_multiprocess._free_port(), overrides,
+                                  env)
 
-  port = test_multiprocess._free_port()
   procs = start()
   metrics = storage.join(workdir, 'metrics.jsonl')
   test_preemption._wait_for(
@@ -202,7 +184,6 @@ def test_two_processes_share_a_bucket_workdir(gcs, tiny_config_factory,
   assert len(stopped) == 1, outputs
   step = int(stopped[0].split('SIGTERM at step ')[1].split(':')[0])
   assert _complete_steps(workdir) == [step]
-  port = test_multiprocess._free_port()
   test_preemption._finish(start([f'--config.num_train_steps={step + 2}']),
                           timeout=300)
   assert _complete_steps(workdir) == [step, step + 2]

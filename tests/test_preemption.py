@@ -34,8 +34,10 @@ def config(tiny_config_factory):
       checkpoint_every_steps=10_000, eval_every_steps=10_000)
 
 
-def _start(config, workdir, port: int, overrides=()) -> list[subprocess.Popen]:
-  """Both processes of a 2-process run, started one by one."""
+def _start(config, workdir, port: int, overrides=(),
+           env=None) -> list[subprocess.Popen]:
+  """Both processes of a 2-process run, started one by one (`env`: the
+  suite's subprocess environment, by default)."""
   return [subprocess.Popen(
       [sys.executable, '-m', 'alexnet_jax.main',
        f'--config={REPO}/configs/demo.py', f'--workdir={workdir}',
@@ -43,7 +45,7 @@ def _start(config, workdir, port: int, overrides=()) -> list[subprocess.Popen]:
        '--num_processes=2', f'--process_id={i}',
        f'--lost_process_timeout={BOUND}',
        *experiment_config.overrides(config), *overrides],
-      env=experiment_config.subprocess_env(), stdout=subprocess.PIPE,
+      env=env or experiment_config.subprocess_env(), stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 
