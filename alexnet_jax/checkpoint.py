@@ -436,22 +436,6 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
   return f'moved to {target}; trying the previous step'
 
 
-def resume_point(directory: str) -> str:
-  """Where a restart resumes: the latest complete step in `directory`.
-
-  Reads the directory listing only (no orbax, no collectives), so a process
-  that is about to exit because a peer was lost can still say it.
-  """
-  try:
-    steps = [int(name) for name in storage.listdir(directory)
-             if name.isdigit()]
-  except Exception:  # pylint: disable=broad-except
-    steps = []
-  if not steps:
-    return f'the first step (no checkpoint in {directory} yet)'
-  return storage.join(directory, str(max(steps)))
-
-
 def locate(path: str) -> tuple[str, int | None]:
   """(checkpoints directory, step) for a workdir, a checkpoints dir or a step.
 

@@ -18,9 +18,17 @@ filesystem or a bucket); only process 0 writes logs, metrics and
 DIR/config.json.
 """
 
+import sys
+
+from alexnet_jax import supervisor
+
+if __name__ == '__main__' and supervisor.wanted(sys.argv[1:]):
+  # Before the imports below: the parent only waits for its child, which
+  # imports JAX and TensorFlow itself.
+  sys.exit(supervisor.supervise(sys.argv[1:]))
+
 import contextlib
 import os
-import sys
 from typing import Iterator
 
 from absl import app
@@ -154,8 +162,9 @@ def main(argv: list[str], flag: cli.Flags) -> None:
   if not (workdir or (eval_only and checkpoint_path)):
     raise app.UsageError('--workdir is required (or --eval_only with '
                          '--checkpoint)')
-  if flag['distributed'].value and not multihost.is_supervised():
-    sys.exit(multihost.supervise(workdir))
+  if flag['distributed'].value and not supervisor.is_supervised():
+    # --distributed from a --flagfile, which `supervisor.wanted` cannot see.
+    sys.exit(supervisor.supervise(sys.argv[1:]))
   _start_jax(config.num_devices, flag)
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())

@@ -3,7 +3,7 @@ runtime, checking that every process sees the same workdir, stopping every
 process at one step on a signal (`StopRequest`), and ending the run in one
 line when a process is lost.
 
-`main --distributed` runs itself under `supervise` (a parent that outlives
+`main --distributed` runs itself under `supervisor` (a parent that outlives
 runtime aborts), calls `initialize` before any JAX backend starts, then
 `check_shared_workdir`, and trains inside `watch_for_lost_processes`.
 `tests/test_multiprocess.py` runs them in real processes, and
@@ -19,16 +19,11 @@ parents say so.
 """
 
 import contextlib
-import ctypes
-import json
 import math
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, Iterator
@@ -38,18 +33,13 @@ from jax._src import distributed as _jax_distributed
 from jax.experimental import multihost_utils
 import numpy as np
 
-from alexnet_jax import checkpoint
 from alexnet_jax import parallel
 from alexnet_jax import steps
 from alexnet_jax import storage
+from alexnet_jax import supervisor
 
 DEFAULT_LOST_PROCESS_TIMEOUT = 30  # Seconds.
-# Set in the supervised child: where it writes its process id and
-# coordinator for the parent, and the parent's process id.
-_CHILD_INFO_ENV = 'ALEXNET_JAX_PROCESS_INFO'
-_PARENT_ENV = 'ALEXNET_JAX_SUPERVISOR_PID'
 _POLL_SECONDS = 0.5
-_LOST_EXIT = 1
 _SHUTDOWN_GRACE = 1.0  # Seconds.
 # How long processes that finished wait for the others (a final evaluation).
 _FINISH_SECONDS = 10 * 60
@@ -85,8 +75,8 @@ def initialize(num_devices: int, coordinator_address: str | None = None,
   if lost_process_timeout < 2:
     raise ValueError(f'--lost_process_timeout: {lost_process_timeout} s is '
                      'too short for heartbeats; at least 2')
-  if is_supervised():
-    _die_with_parent()
+  if supervisor.is_supervised():
+    supervisor.die_with_parent()
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.config.update('jax_enable_recoverability', True)
   # Its SIGTERM handler would take the signal from train's, and its shutdown
@@ -98,96 +88,8 @@ def initialize(num_devices: int, coordinator_address: str | None = None,
                              num_processes=num_processes,
                              process_id=process_id,
                              heartbeat_timeout_seconds=lost_process_timeout - 1)
-  _tell_supervisor()
-
-
-def _tell_supervisor() -> None:
-  """Writes this process's id and coordinator for the `supervise` parent."""
-  path = os.environ.get(_CHILD_INFO_ENV)
-  if path:
-    with open(path, 'w') as f:
-      json.dump({'process_id': jax.process_index(),
-                 'num_processes': jax.process_count(),
-                 'coordinator': _coordination()[1]},
-                f)
-
-
-def is_supervised() -> bool:
-  return _CHILD_INFO_ENV in os.environ
-
-
-def supervise(workdir: str | None) -> int:
-  """Runs this command again as a child and returns its exit status.
-
-  The child inherits stdout and stderr, receives the SIGTERM and SIGINT
-  sent to this process, and is killed if this process dies. When the child
-  is killed by a signal (the JAX runtime aborts a process whose
-  coordinator is gone, with a C++ stack trace), the last line is this
-  process's: which process was lost, and where the same command resumes.
-  """
-  with tempfile.TemporaryDirectory() as tmp:
-    info_path = os.path.join(tmp, 'process.json')
-    child = subprocess.Popen(
-        [sys.executable, *sys.orig_argv[1:]],
-        env=dict(os.environ, **{_CHILD_INFO_ENV: info_path,
-                                _PARENT_ENV: str(os.getpid())}))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, lambda signum, frame: child.send_signal(signum))
-    status = child.wait()
-    if status >= 0:
-      return status
-    try:
-      with open(info_path) as f:
-        info = json.load(f)
-    except (OSError, ValueError):
-      info = None
-  print(f'error: {_killed_child_line(-status, info, workdir)}',
-        file=sys.stderr, flush=True)
-  return _LOST_EXIT
-
-
-def _die_with_parent() -> None:
-  """In the supervised child: SIGKILL when the parent dies (Linux).
-
-  Set by the child itself, as it starts: `preexec_fn` would run Python
-  between fork and exec in a parent that may have threads. A parent that
-  died before this is caught by its process id.
-  """
-  if sys.platform != 'linux':
-    return
-  ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  if str(os.getppid()) != os.environ.get(_PARENT_ENV):
-    os._exit(_LOST_EXIT)  # pylint: disable=protected-access
-
-
-def _killed_child_line(signum: int, info: dict | None,
-                       workdir: str | None) -> str:
-  name = signal.Signals(signum).name
-  resume = _resume_note(workdir)
-  if info is None:
-    return f'stopped by {name} before joining the other processes; {resume}'
-  me, coordinator = info['process_id'], info['coordinator']
-  if me != 0 and not _reachable(coordinator):
-    return (f'process 0 of {info["num_processes"]} (the coordinator, '
-            f'{coordinator}) was lost; process {me} stopped. {resume}')
-  return (f'process {me} of {info["num_processes"]} was stopped by {name} '
-          f'(the runtime\'s report is above). {resume}')
-
-
-def _reachable(address: str) -> bool:
-  host, port = address.rsplit(':', 1)
-  try:
-    with socket.create_connection((host.strip('[]'), int(port)), timeout=2):
-      return True
-  except OSError:
-    return False
-
-
-def _resume_note(workdir: str | None) -> str:
-  if not workdir:
-    return 'Run the same command to start again.'
-  where = checkpoint.resume_point(storage.join(workdir, 'checkpoints'))
-  return f'Run the same command to resume from {where}.'
+  supervisor.tell(jax.process_index(), jax.process_count(),
+                  _coordination()[1])
 
 
 @contextlib.contextmanager
@@ -275,15 +177,16 @@ def _watch(client, done: threading.Event, workdir: str | None) -> None:
       lost, what = [0], _query_failure(error, len(everyone))
     if lost and not done.is_set():
       print(f'error: {what}; process {jax.process_index()} stopped. '
-            f'{_resume_note(workdir)}', file=sys.stderr, flush=True)
-      os._exit(_LOST_EXIT)  # pylint: disable=protected-access
+            f'{supervisor.resume_note(workdir)}', file=sys.stderr,
+            flush=True)
+      os._exit(supervisor.LOST_EXIT)  # pylint: disable=protected-access
 
 
 def _query_failure(error: Exception, count: int) -> str:
   """What a failed liveness query means: the coordinator is gone if its
   address does not answer; otherwise the service's own error."""
   coordinator = _coordination()[1]
-  if coordinator and not _reachable(coordinator):
+  if coordinator and not supervisor.reachable(coordinator):
     return f'process 0 of {count} (the coordinator, {coordinator}) was lost'
   first = (str(error).strip().splitlines() or [''])[0]
   return (f'the coordination service did not answer which processes are '

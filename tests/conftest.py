@@ -89,3 +89,24 @@ def gcs():
   with gcs_emulator.running() as emulator, gcs_emulator.environ(
       emulator.env):
     yield emulator
+
+
+def _start_cost(item) -> int:
+  """0 for tests that start processes, 1 for other slow ones, 2 for the
+  rest (by their markers)."""
+  if item.get_closest_marker('multiprocess') or item.get_closest_marker(
+      'slurm'):
+    return 0
+  return 1 if item.get_closest_marker('slow') else 2
+
+
+def pytest_collection_modifyitems(items):
+  """Modules with the longest tests first, each module's tests together and
+  in their order: xdist's workers take tests from the front, so the long
+  ones start early and both workers finish near the same time."""
+  module_cost = {}
+  for item in items:
+    module_cost[item.module] = min(module_cost.get(item.module, 2),
+                                   _start_cost(item))
+  order = {id(item): i for i, item in enumerate(items)}
+  items.sort(key=lambda item: (module_cost[item.module], order[id(item)]))

@@ -19,6 +19,8 @@ import pytest
 from alexnet_jax import aot
 from alexnet_jax import cli
 
+import experiment_config
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # main, and every program under alexnet_jax/tools by its short name.
 TOOLS = sorted(['main'] + [
@@ -49,10 +51,12 @@ TINY = {'synthetic.num_classes': 4, 'synthetic.train_per_class': 12,
 def _user_env() -> dict[str, str]:
   """The suite's environment without what the suite sets for itself: JAX on
   the CPU (conftest), and the TPU runtime's settings that describing a TPU
-  slice in this process leaves behind (which say the host has a TPU)."""
+  slice in this process leaves behind (which say the host has a TPU). The
+  suite's compilation cache stays: it changes what a tool compiles, not what
+  it prints."""
   suite = ['JAX_PLATFORMS', *aot._LIBTPU_ENV]  # pylint: disable=protected-access
   return {key: value for key, value in
-          dict(os.environ, PYTHONPATH=str(REPO)).items() if key not in suite}
+          experiment_config.subprocess_env().items() if key not in suite}
 
 
 def _tool(tool: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
