@@ -35,9 +35,9 @@ def wanted(argv: list[str]) -> bool:
   the last one counts) in a process that is not yet supervised."""
   distributed = False
   for arg in argv:
-    name, _, value = arg.lstrip('-').partition('=')
     if not arg.startswith('-'):
       continue
+    name, _, value = arg.lstrip('-').partition('=')
     if name == 'distributed' and value.lower() in _TRUE + _FALSE:
       distributed = value.lower() in _TRUE
     elif name == 'nodistributed' and not value:

@@ -71,13 +71,18 @@ def test_nodes_are_described_without_a_gpu():
   assert [sum(d.process_index == p for d in devices) for p in (0, 1)] == [4, 4]
 
 
+def _compiled_for(config, batch: int, topology: str):
+  """(config, compiled.measure's figures) for its mode and device count at
+  global batch `batch` on GPU nodes `topology` (tests that use it need the
+  plugin: needs_plugin skips them before their fixtures run)."""
+  return config, compiled.measure(config, config.mode, config.num_devices,
+                                  batch, aot.topology_devices(topology))
+
+
 @pytest.fixture(scope='module')
 def data_tower_on_nodes(tiny_config_factory):
-  if not aot.gpu_compiler_installed():
-    pytest.skip("JAX's CUDA plugin is not installed")
-  config = tiny_config_factory(mode='data_tower', num_devices=8)
-  return config, compiled.measure(config, 'data_tower', 8, 8,
-                                  aot.topology_devices('h100:2x4'))
+  return _compiled_for(
+      tiny_config_factory(mode='data_tower', num_devices=8), 8, 'h100:2x4')
 
 
 @needs_plugin
@@ -114,11 +119,8 @@ def test_compiled_step_on_two_gpu_nodes(data_tower_on_nodes):
 @pytest.fixture(scope='module')
 def data_on_one_node(tiny_config_factory):
   """Mode data on a node of 2 H100s at batch 16."""
-  if not aot.gpu_compiler_installed():
-    pytest.skip("JAX's CUDA plugin is not installed")
-  config = tiny_config_factory(mode='data', num_devices=2)
-  return config, compiled.measure(config, 'data', 2, 16,
-                                  aot.topology_devices('h100:1x2'))
+  return _compiled_for(tiny_config_factory(mode='data', num_devices=2), 16,
+                       'h100:1x2')
 
 
 @needs_plugin
