@@ -19,7 +19,7 @@ jax.config.update('jax_platforms', 'cpu')
 jax.config.update('jax_num_cpu_devices', NUM_DEVICES)
 jax.config.update('jax_compilation_cache_dir', os.path.expanduser(
     os.environ.get('ALEXNET_JAX_TEST_CACHE', '~/.cache/alexnet_jax/xla')))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
 

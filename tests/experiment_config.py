@@ -45,4 +45,4 @@ def subprocess_env() -> dict[str, str]:
                                             '~/.cache/alexnet_jax/xla'))
   return dict(os.environ, PYTHONPATH=os.path.dirname(CONFIGS),
               PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5')
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
