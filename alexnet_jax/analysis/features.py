@@ -75,6 +75,7 @@ def display_crop(encoded: tf.Tensor, config: Any, side: int) -> tf.Tensor:
   return tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
 
 
+@decode.graph_only
 def _examples(records: tf.data.Dataset, config: Any, side: int
               ) -> tf.data.Dataset:
   """Decodable records as {'image': uint8 crop at `side`, 'input', 'label'}.
@@ -114,6 +115,7 @@ def embed(records: tf.data.Dataset, config: Any, params: Any, forward,
                   skipped=_count(records, limit) - len(out['label']))
 
 
+@decode.graph_only
 def _count(records: tf.data.Dataset, limit: int) -> int:
   """How many records `take(limit)` reads (the dataset may be shorter)."""
   size = int(records.cardinality())

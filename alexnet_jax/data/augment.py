@@ -73,12 +73,6 @@ def _element_seed(seed: int, epoch: int, index: tf.Tensor) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(key, index)
 
 
-# For the preprocess functions, whose branches are on config values only:
-# tf.data would otherwise convert them and all they call through autograph,
-# over a second of each program's start (measured on the demo config).
-_no_autograph = tf.autograph.experimental.do_not_convert
-
-
 def make_train_preprocess(config, *, seed: int,
                           epoch: int) -> Callable[[dict], dict]:
   """The host's share of the training transform of one record.
@@ -92,7 +86,7 @@ def make_train_preprocess(config, *, seed: int,
   size, resize = model_input_size(config), inp.resize_size
   stats = device.input_stats(config)
 
-  @_no_autograph
+  @decode.graph_only
   def preprocess(record):
     crop_seed, flip_seed, pca_seed = tf.unstack(
         tf.random.experimental.stateless_split(
@@ -129,7 +123,7 @@ def make_eval_preprocess(config) -> Callable[[dict], dict]:
   """The uint8 resize_size base image; the device cuts the crops."""
   resize = config.input.resize_size
 
-  @_no_autograph
+  @decode.graph_only
   def preprocess(record):
     image = decode.base_image(record['encoded'], resize, config.input.antialias)
     image.set_shape([resize, resize, 3])

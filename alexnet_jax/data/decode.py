@@ -7,6 +7,14 @@ definition of the base image: the raw path crops from it and
 
 import tensorflow as tf
 
+# tf.data runs each function it traces through autograph, which rewrites
+# Python control flow on tensors into graph ops. Ours branch on Python
+# values only, so the rewrite is wasted: about a second of each program's
+# start. The functions that build our pipelines are `graph_only`, and so is
+# everything traced while they run (tf.data reads the setting when a
+# function is added, not when it runs).
+graph_only = tf.autograph.experimental.do_not_convert
+
 _JPEG_TAIL = 16_384
 _MAGIC = {
     'jpeg': b'\xff\xd8\xff',

@@ -43,6 +43,7 @@ from alexnet_jax.data import sources
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
+@decode.graph_only
 def decodable_only(ds: tf.data.Dataset,
                    give_up_after: Optional[int] = None) -> tf.data.Dataset:
   """Drops records whose bytes fail `is_decodable` (checked in parallel).
@@ -77,6 +78,7 @@ def _record(unused_valid: tf.Tensor, record: dict) -> dict:
   return record
 
 
+@decode.graph_only
 def map_dropping_undecodable(ds: tf.data.Dataset,
                              fn: Callable[[dict], dict]) -> tf.data.Dataset:
   """`ds.map(fn)`, dropping the records on which `fn`'s decoding fails.
@@ -101,6 +103,7 @@ def _options() -> tf.data.Options:
   return options
 
 
+@decode.graph_only
 def train_records(config, *, epoch: int = 0) -> tf.data.Dataset:
   """Epoch `epoch`'s undecoded records {'encoded', 'label', 'index', ...},
   in its order."""
@@ -113,11 +116,13 @@ def train_records(config, *, epoch: int = 0) -> tf.data.Dataset:
   return ds.take(source.train_shard_size(1))
 
 
+@decode.graph_only
 def eval_records(config) -> tf.data.Dataset:
   """The whole validation set's undecoded records, in its stored order."""
   return sources.from_config(config).eval_records(0, 1)
 
 
+@decode.graph_only
 def base_images(config, *, max_images: Optional[int] = None
                 ) -> tf.data.Dataset:
   """Decodable training images at resize_size (float32, [0, 1]), for stats.
@@ -246,6 +251,7 @@ class TrainIterator:
   def __iter__(self) -> 'TrainIterator':
     return self
 
+  @decode.graph_only
   def _dataset(self) -> tf.data.Dataset:
     seed = self._config.seed
     epoch, start = self._start
@@ -409,6 +415,7 @@ class EvalIterable:
     self.num_examples = 0
     self.num_skipped = 0
 
+  @decode.graph_only
   def _dataset(self) -> tf.data.Dataset:
     ds = self._source.eval_records(self._process_index, self._process_count)
     preprocess = augment.make_eval_preprocess(self._config)

@@ -172,6 +172,7 @@ def _init_worker() -> None:
   tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+@decode.graph_only
 def _records(task: Task):
   """The task's undecoded records {'encoded', 'label', 'key'}."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -190,6 +191,7 @@ def _records(task: Task):
       lambda k, ex: {'encoded': ex['image'], 'label': ex['label'], 'key': k})
 
 
+@decode.graph_only
 def stored_images(records, resize_size: int, antialias: bool, quality: int):
   """Records -> {'jpeg', 'label', 'key', 'sse'}: the base image as a JPEG
   and its squared error against the float base image; undecodable records

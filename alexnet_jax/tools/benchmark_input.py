@@ -132,6 +132,7 @@ def _touch(image: tf.Tensor) -> tf.Tensor:
   return tf.reduce_sum(tf.cast(image, tf.float32))
 
 
+@decode.graph_only
 def _stage_rate(config, transform, count: int) -> float:
   """Images per second of `transform` on the raw records, in parallel."""
   records = iterators.train_records(config).take(count)
