@@ -25,7 +25,7 @@ from alexnet_jax import supervisor
 if __name__ == '__main__' and supervisor.wanted(sys.argv[1:]):
   # Before the imports below: the parent only waits for its child, which
   # imports JAX and TensorFlow itself.
-  sys.exit(supervisor.supervise(sys.argv[1:]))
+  sys.exit(supervisor.supervise(supervisor.workdir_in(sys.argv[1:])))
 
 import contextlib
 import os
@@ -164,7 +164,7 @@ def main(argv: list[str], flag: cli.Flags) -> None:
                          '--checkpoint)')
   if flag['distributed'].value and not supervisor.is_supervised():
     # --distributed from a --flagfile, which `supervisor.wanted` cannot see.
-    sys.exit(supervisor.supervise(sys.argv[1:]))
+    sys.exit(supervisor.supervise(workdir))
   _start_jax(config.num_devices, flag)
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())

@@ -49,14 +49,14 @@ def is_supervised() -> bool:
   return _CHILD_INFO_ENV in os.environ
 
 
-def supervise(argv: list[str]) -> int:
+def supervise(workdir: str | None) -> int:
   """Runs this command again as a child and returns its exit status.
 
   The child inherits stdout and stderr, receives the SIGTERM and SIGINT
   sent to this process, and is killed if this process dies
   (`die_with_parent`). When the child is killed by a signal, the last line
   is this process's: which process was lost, and where the same command
-  resumes (`--workdir` read from `argv`).
+  resumes (from `workdir`'s checkpoints).
   """
   with tempfile.TemporaryDirectory() as tmp:
     info_path = os.path.join(tmp, 'process.json')
@@ -74,7 +74,7 @@ def supervise(argv: list[str]) -> int:
         info = json.load(f)
     except (OSError, ValueError):
       info = None
-  print(f'error: {_killed_child_line(-status, info, _workdir(argv))}',
+  print(f'error: {_killed_child_line(-status, info, workdir)}',
         file=sys.stderr, flush=True)
   return LOST_EXIT
 
@@ -132,7 +132,7 @@ def reachable(address: str) -> bool:
     return False
 
 
-def _workdir(argv: list[str]) -> str | None:
+def workdir_in(argv: list[str]) -> str | None:
   """--workdir's value in `argv` (--workdir=DIR or --workdir DIR)."""
   workdir = None
   for i, arg in enumerate(argv):

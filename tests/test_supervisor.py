@@ -28,7 +28,7 @@ def test_a_supervised_child_is_not_supervised_again(monkeypatch):
     (['--workdir', 'gs://b/r'], 'gs://b/r'), (['--distributed'], None),
     (['--workdir=/a', '--workdir=/b'], '/b')])
 def test_the_workdir_for_the_last_line(argv, expected):
-  assert supervisor._workdir(argv) == expected  # pylint: disable=protected-access
+  assert supervisor.workdir_in(argv) == expected
 
 
 def test_the_resume_note_names_the_latest_step(tmp_path):
