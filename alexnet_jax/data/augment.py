@@ -86,7 +86,6 @@ def make_train_preprocess(config, *, seed: int,
   size, resize = model_input_size(config), inp.resize_size
   stats = device.input_stats(config)
 
-  @decode.graph_only
   def preprocess(record):
     crop_seed, flip_seed, pca_seed = tf.unstack(
         tf.random.experimental.stateless_split(
@@ -123,7 +122,6 @@ def make_eval_preprocess(config) -> Callable[[dict], dict]:
   """The uint8 resize_size base image; the device cuts the crops."""
   resize = config.input.resize_size
 
-  @decode.graph_only
   def preprocess(record):
     image = decode.base_image(record['encoded'], resize, config.input.antialias)
     image.set_shape([resize, resize, 3])
