@@ -41,6 +41,9 @@ from alexnet_jax import supervisor
 DEFAULT_LOST_PROCESS_TIMEOUT = 30  # Seconds.
 _POLL_SECONDS = 0.5
 _SHUTDOWN_GRACE = 1.0  # Seconds.
+# Failed liveness queries in a row (while the coordinator's address still
+# answers) before the service's error ends the process.
+_QUERY_ATTEMPTS = 3
 # How long processes that finished wait for the others (a final evaluation).
 _FINISH_SECONDS = 10 * 60
 
@@ -168,13 +171,17 @@ def _watch(client, done: threading.Event, workdir: str | None) -> None:
   process is lost, or when the service cannot be asked (which is process
   0's loss only when its address no longer answers)."""
   everyone = list(range(jax.process_count()))
+  coordinator, failures = _coordination()[1], 0
   while not done.wait(_POLL_SECONDS):
     try:
       lost = sorted(set(everyone) - set(client.get_live_nodes(everyone)))
       what = (f'process {", ".join(map(str, lost))} of {len(everyone)} was '
               'lost (no heartbeat)')
+      failures = 0
     except Exception as error:  # pylint: disable=broad-except
-      lost, what = [0], _query_failure(error, len(everyone))
+      failures += 1
+      what = query_failure(error, len(everyone), failures, coordinator)
+      lost = [0] if what else []
     if lost and not done.is_set():
       print(f'error: {what}; process {jax.process_index()} stopped. '
             f'{supervisor.resume_note(workdir)}', file=sys.stderr,
@@ -182,12 +189,18 @@ def _watch(client, done: threading.Event, workdir: str | None) -> None:
       os._exit(supervisor.LOST_EXIT)  # pylint: disable=protected-access
 
 
-def _query_failure(error: Exception, count: int) -> str:
-  """What a failed liveness query means: the coordinator is gone if its
-  address does not answer; otherwise the service's own error."""
-  coordinator = _coordination()[1]
+def query_failure(error: Exception, count: int, failures: int,
+                  coordinator: str | None) -> str | None:
+  """What the `failures`-th failed liveness query in a row means: process
+  0 is gone if the `coordinator` address it served does not answer;
+  otherwise the service's own error, once it has failed `_QUERY_ATTEMPTS`
+  times (None before: ask again). A killed process 0 closes its
+  connections one by one, so its address can still answer for a moment
+  after a query failed."""
   if coordinator and not supervisor.reachable(coordinator):
     return f'process 0 of {count} (the coordinator, {coordinator}) was lost'
+  if failures < _QUERY_ATTEMPTS:
+    return None
   first = (str(error).strip().splitlines() or [''])[0]
   return (f'the coordination service did not answer which processes are '
           f'live ({type(error).__name__}: {first})')

@@ -1,7 +1,12 @@
-"""The multi-host parent's reading of its command line (`supervisor`)."""
+"""Multi-host failure reports that need no second process: the parent's
+reading of its command line (`supervisor`), and what a failed liveness
+query says (`multihost.query_failure`)."""
+
+import socket
 
 import pytest
 
+from alexnet_jax import multihost
 from alexnet_jax import supervisor
 
 
@@ -39,3 +44,17 @@ def test_the_resume_note_names_the_latest_step(tmp_path):
     (tmp_path / 'checkpoints' / name).mkdir(parents=True)
   assert supervisor.resume_note(str(tmp_path)) == (
       f'Run the same command to resume from {tmp_path}/checkpoints/10.')
+
+
+def test_a_failed_query_is_process_0_lost_only_when_its_address_is_gone():
+  error = RuntimeError('UNAVAILABLE: recvmsg:Connection reset by peer\nmore')
+  with socket.create_server(('localhost', 0)) as server:
+    address = f'localhost:{server.getsockname()[1]}'
+    # Process 0 may still answer for a moment after it was killed: ask again.
+    assert multihost.query_failure(error, 2, 1, address) is None
+    assert multihost.query_failure(error, 2, 2, address) is None
+    assert multihost.query_failure(error, 2, 3, address) == (
+        'the coordination service did not answer which processes are live '
+        '(RuntimeError: UNAVAILABLE: recvmsg:Connection reset by peer)')
+  assert multihost.query_failure(error, 2, 1, address) == (
+      f'process 0 of 2 (the coordinator, {address}) was lost')
