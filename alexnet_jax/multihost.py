@@ -6,7 +6,7 @@ line when a process is lost.
 `main --distributed` runs itself under `supervisor` (a parent that outlives
 runtime aborts), calls `initialize` before any JAX backend starts, then
 `check_shared_workdir`, and trains inside `watch_for_lost_processes`.
-`tests/test_multiprocess.py` runs them in real processes, and
+`tests/test_resume_reshape.py` runs them in real processes, and
 `tests/test_preemption.py` kills and signals processes started one by one.
 
 A lost process is noticed through the coordination service's heartbeats.

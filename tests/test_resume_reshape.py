@@ -6,11 +6,11 @@ Each case starts its processes apart, as a pod or a scheduler starts them
 resumes with another number of processes (the devices per process chosen
 so that the global device count stays: 2 -> 1 in three modes, 1 -> 2 in
 mode data, where each process then reads half as many rows of the global
-batch, and 1 -> 2 after the first resume in mode tower), and compares the
-final parameters
-with an uninterrupted one-process run at the same global batch, in this
-process. Augmentation and dropout are on: both are keyed by what the global
-order and the global batch fix, not by the process. Every mode and every
+batch, and 1 -> 2 after the first resume in mode tower, started by
+`launch/local_multiprocess.sh`), and compares the final parameters with an
+uninterrupted one-process run at the same global batch, in this process.
+Augmentation and dropout are on: both are keyed by what the global order
+and the global batch fix, not by the process. Every mode and every
 kind of source appears once; the width is the suite's tiny one.
 """
 
@@ -33,6 +33,7 @@ import test_preemption
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 REPO = test_multiprocess.REPO
+LAUNCH = os.path.join(REPO, 'launch', 'local_multiprocess.sh')
 
 
 def _start(config, workdir, processes: int, overrides=()
@@ -63,6 +64,21 @@ def _run(config, workdir, processes: int, steps: int) -> list[str]:
       text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
   return [result.stdout + result.stderr]
+
+
+def _launch(config, workdir, processes: int, steps: int) -> None:
+  """`launch/local_multiprocess.sh` runs `workdir` on to `steps` (-v=0:
+  each process logs which it is, into its own log in the workdir)."""
+  result = subprocess.run(
+      [LAUNCH, str(processes), f'{REPO}/configs/demo.py', str(workdir),
+       *experiment_config.overrides(config),
+       f'--config.num_train_steps={steps}', '-v=0'],
+      env=experiment_config.subprocess_env(), capture_output=True, text=True,
+      timeout=600, check=False)
+  assert result.returncode == 0, result.stderr
+  last = processes - 1
+  assert f'JAX process {last}/{processes}' in (
+      workdir / f'process_{last}.log').read_text()
 
 
 def _stop_with_sigterm(config, workdir, processes: int) -> int:
@@ -123,7 +139,7 @@ def test_resumes_exactly_on_another_shape(tiny_config_factory, datasets,
   assert 'restarts epoch' not in output
   if 'then' in more:
     step += 2
-    _run(config, workdir, more['then'], step)
+    _launch(config, workdir, more['then'], step)
     shape += f' -> {more["then"]}'
   config.num_train_steps = step
   train.train_and_evaluate(config, str(tmp_path / 'straight'))

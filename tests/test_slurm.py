@@ -7,8 +7,8 @@ one the tests skip and say why; with ALEXNET_JAX_REQUIRE_SLURM=1 (set by
 `.ci/run` as root) they fail instead.
 The jobs inherit this environment (sbatch exports it), so they run this
 checkout with this Python on the CPU, and JAX finds its processes from
-SLURM's variables alone. Augmentation and dropout are off, as in
-tests/test_multiprocess.py, so 2 processes see the examples of 1.
+SLURM's variables alone. Augmentation and dropout are off; the 2 tasks'
+losses are compared with 1 process's step by step.
 """
 
 import contextlib
